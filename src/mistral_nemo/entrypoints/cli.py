@@ -1,0 +1,37 @@
+"""The `mistral-nemo` command: one subcommand per job, each in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mistral_nemo import __version__
+from mistral_nemo.entrypoints import tokenize_cmd
+from mistral_nemo.tokenizer.errors import TokenizerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mistral-nemo", description="Run the Mistral NeMo 12B model family on your own hardware."
+    )
+    parser.add_argument("--version", action="version", version=f"mistral-nemo {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    tokenize_cmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (TokenizerError, OSError) as exc:
+        # Users get the reason, not a traceback.
+        print(f"mistral-nemo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
