@@ -1,0 +1,1 @@
+"""Requests -> batches -> tokens: sampling, KV caches, scheduling and generation loops."""

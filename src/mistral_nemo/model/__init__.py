@@ -1,0 +1,1 @@
+"""Weights in, logits out: model args, the transformer, quantized layers and weight loaders."""
