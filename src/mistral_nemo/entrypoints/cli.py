@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from mistral_nemo import __version__
-from mistral_nemo.entrypoints import tokenize_cmd
-from mistral_nemo.tokenizer.errors import TokenizerError
+from mistral_nemo.entrypoints import chat_cmd, download_cmd, generate_cmd, tokenize_cmd
+from mistral_nemo.model.embedded import EmbeddedModelError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mistral-nemo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    tokenize_cmd.register(commands)
+    for command in (chat_cmd, generate_cmd, download_cmd, tokenize_cmd):
+        command.register(commands)
     return parser
 
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (TokenizerError, OSError) as exc:
+    except (ValueError, OSError, EmbeddedModelError) as exc:
         # Users get the reason, not a traceback.
         print(f"mistral-nemo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,37 @@
+"""`mistral-nemo generate`: raw text completion (no chat format), streamed to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mistral_nemo.engine.generate import stream_generate
+from mistral_nemo.entrypoints.model_options import (
+    add_model_argument,
+    add_sampling_arguments,
+    load_for_cli,
+    sampling_params,
+)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("generate", help="complete a raw text prompt")
+    add_model_argument(parser)
+    parser.add_argument("--prompt", required=True, help="the text to continue ('-' reads standard input)")
+    parser.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    parser.add_argument("--no-bos", action="store_true", help="do not start the prompt with <s>")
+    parser.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    add_sampling_arguments(parser, temperature=0.0, max_tokens=128)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    loaded = load_for_cli(args)
+    ids = loaded.tokenizer.encode(prompt, bos=not args.no_bos)
+    if args.echo:
+        print(prompt, end="", flush=True)
+    for step in stream_generate(loaded.model, loaded.tokenizer, ids, sampling_params(args, stop=args.stop)):
+        print(step.text, end="", flush=True)
+    print()
+    return 0

@@ -1,0 +1,105 @@
+"""`mistral-chat` and `mistral-demo`: drop-ins for the commands of the archived mistral-inference.
+
+Same positional model folder, same flags (`--max_tokens`, `--temperature`, `--instruct`; the
+dashed spellings work too), same defaults and the same output: answers followed by a line of
+"=====================". Differences: Ctrl-D ends the chat cleanly instead of a traceback,
+and LoRA adapters are refused with a clear message until fine-tuning lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mistral_nemo.engine.generate import generate
+from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.model.loading import load
+
+SEPARATOR = "====================="
+DEMO_PROMPTS = (
+    "This is a test",
+    "This is another great test",
+    "This is a third test, mistral AI is very good at testing. ",
+)
+
+
+def _parser(prog: str, temperature: float) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument(
+        "model_path", help="a model folder (params.json, consolidated.safetensors, tekken.json)"
+    )
+    parser.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=35)
+    parser.add_argument("--temperature", type=float, default=temperature)
+    parser.add_argument("--lora_path", "--lora-path", dest="lora_path")
+    parser.add_argument(
+        "--num_pipeline_ranks", "--num-pipeline-ranks", type=int, default=1, help="accepted, ignored"
+    )
+    return parser
+
+
+def _params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
+
+
+def _run(main: Any, argv: Sequence[str] | None) -> int:
+    try:
+        return main(argv)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def mistral_chat(argv: Sequence[str] | None = None) -> int:
+    """Interactive loop: `Prompt: `, then the answer. --instruct keeps a chat; otherwise raw text grows."""
+    return _run(_mistral_chat, argv)
+
+
+def _mistral_chat(argv: Sequence[str] | None) -> int:
+    parser = _parser("mistral-chat", temperature=0.7)
+    parser.add_argument("--instruct", action="store_true", help="use the chat format")
+    args = parser.parse_args(argv)
+    if args.lora_path:
+        raise ValueError("LoRA adapters are not supported yet (--lora_path)")
+    loaded = load(args.model_path)
+    tokenizer, params = loaded.tokenizer, _params(args)
+    messages: list[dict[str, str]] = []
+    prompt = ""
+    while True:
+        try:
+            user_input = input("Prompt: ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if args.instruct:
+            messages.append({"role": "user", "content": user_input})
+            ids = tokenizer.encode_chat(messages)
+        else:
+            prompt += user_input
+            ids = tokenizer.encode(prompt, bos=True)
+        answer = generate(loaded.model, tokenizer, ids, params).text
+        print(answer)
+        print(SEPARATOR)
+        if args.instruct:
+            messages.append({"role": "assistant", "content": answer or " "})
+        else:
+            prompt += answer
+
+
+def mistral_demo(argv: Sequence[str] | None = None) -> int:
+    """Complete three fixed prompts and print prompt + completion for each."""
+    return _run(_mistral_demo, argv)
+
+
+def _mistral_demo(argv: Sequence[str] | None) -> int:
+    args = _parser("mistral-demo", temperature=0.0).parse_args(argv)
+    if args.lora_path:
+        raise ValueError("LoRA adapters are not supported yet (--lora_path)")
+    loaded = load(args.model_path)
+    for prompt in DEMO_PROMPTS:
+        ids = loaded.tokenizer.encode(prompt, bos=True)
+        completion = generate(loaded.model, loaded.tokenizer, ids, _params(args)).text
+        print(prompt + completion)
+        print(SEPARATOR)
+    return 0
