@@ -45,23 +45,27 @@ def _validate_structure(messages: list[Message]) -> None:
             message_index=0,
         )
     last = messages[-1]
-    if (
-        len(messages) > 1
-        and last.role not in ("user", "tool")
-        and not (last.role == "assistant" and last.prefix)
-    ):
+    # As in mistral_common, only a finished assistant answer is refused at the end (a trailing
+    # system message is fine: it joins the system prompt).
+    if len(messages) > 1 and last.role == "assistant" and not last.prefix:
         raise ChatFormatError(
-            f"the last message must be from the user or a tool (or an assistant prefix to continue), "
-            f"not {last.role}",
+            "the last message must be from the user or a tool (or an assistant prefix to continue), "
+            "not a finished assistant message",
             message_index=len(messages) - 1,
         )
     for index in range(1, len(messages)):
         previous, current = messages[index - 1].role, messages[index].role
         if current not in _ALLOWED_NEXT[previous]:
             raise ChatFormatError(
-                f"a {current} message cannot follow a {previous} message", message_index=index
+                f"{_article(current)} {current} message cannot follow {_article(previous)} {previous}"
+                " message",
+                message_index=index,
             )
     _validate_tool_result_counts(messages)
+
+
+def _article(role: str) -> str:
+    return "an" if role == "assistant" else "a"  # roles: system, user, assistant, tool
 
 
 def _validate_tool_result_counts(messages: list[Message]) -> None:

@@ -123,6 +123,12 @@ class MistralChatEncoder:
             )
         if turn.tool_calls:
             ids = self.encode_tool_calls(turn.tool_calls)
+        elif not turn.content:
+            # e.g. content [{"type": "text", "text": ""}]: a part, but no text (mistral_common refuses it)
+            raise ChatFormatError(
+                "an assistant message has no text (its content parts are all empty) and no tool calls",
+                message_index=turn.first_index,
+            )
         else:
             ids = self.tokenizer.encode(turn.content.rstrip(" "))
         if not turn.prefix:

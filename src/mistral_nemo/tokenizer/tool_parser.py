@@ -75,7 +75,7 @@ class ToolCallParser:
     @property
     def in_tool_calls(self) -> bool:
         """True while reading a [TOOL_CALLS] list."""
-        return self._scanner is not None
+        return self._scanner is not None and not self._scanner.done
 
     def add(self, token_id: int) -> ToolCallEvents:
         if token_id == self._tool_calls_id and not self.malformed:
