@@ -37,14 +37,14 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Take one id; return the text that became complete (often "", never half a character)."""
         if self._tokenizer.is_special(token_id):
+            if self._special is SpecialTokenPolicy.RAISE:  # before flushing: the held bytes stay pending
+                raise TokenizerError(f"control token id {token_id} in a stream decoded with special=RAISE")
             # decode() decodes the BPE runs on each side of a control token separately,
             # so a character cannot span one: flush what is pending first.
             text = self._decoder.decode(b"", final=True)
             self._decoder.reset()
             if self._special is SpecialTokenPolicy.KEEP:
                 text += self._tokenizer.id_to_piece(token_id)
-            elif self._special is SpecialTokenPolicy.RAISE:
-                raise TokenizerError(f"control token id {token_id} in a stream decoded with special=RAISE")
             return text
         return self._decoder.decode(self._tokenizer.id_to_bytes(token_id))
 
