@@ -538,11 +538,13 @@ def test_load_from_folder(tmp_path: Path, real_file: dict[str, Any]) -> None:
     folder.mkdir()
     (folder / "README.md").write_text("# a model\n")
     (folder / "model.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(TokenizerFileError, match=r"no Tekken tokenizer \(tekken\.json\) in"):
+    with pytest.raises(
+        TokenizerFileError, match=r"no tokenizer in .*: expected tekken\.json or tokenizer\.json"
+    ):
         load_tokenizer(folder)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(TokenizerFileError, match="no Tekken tokenizer"):
+    with pytest.raises(TokenizerFileError, match="no tokenizer in"):
         load_tokenizer(empty)
 
     _write(folder / "tekken.json", _tiny(real_file))
@@ -556,4 +558,8 @@ def test_load_from_folder(tmp_path: Path, real_file: dict[str, Any]) -> None:
     other = tmp_path / "other"
     other.mkdir()
     _write(other / "my_tokenizer.json", _tiny(real_file))
+    assert load_tokenizer(other).encode("hello world") == from_file.encode("hello world")
+    # ... even beside other JSON files that sort first (a model folder's config.json).
+    (other / "config.json").write_text('{"model_type": "mistral"}')
+    (other / "a_params.json").write_text("{}")
     assert load_tokenizer(other).encode("hello world") == from_file.encode("hello world")

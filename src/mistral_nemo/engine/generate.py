@@ -54,7 +54,7 @@ def stream_generate(
         raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; the context holds {context}")
     max_new = room if params.max_tokens is None else min(params.max_tokens, room)
     length_reason = "length" if params.max_tokens is not None and params.max_tokens <= room else "context"
-    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else {tokenizer.eos_id})
+    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(tokenizer.eog_ids))
 
     device = model.device
     cache = DenseKVCache(model.args, len(prompt_ids) + max_new, dtype=model.dtype, device=device)

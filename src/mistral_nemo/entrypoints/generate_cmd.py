@@ -19,7 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_argument(parser)
     parser.add_argument("--prompt", required=True, help="the text to continue ('-' reads standard input)")
     parser.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
-    parser.add_argument("--no-bos", action="store_true", help="do not start the prompt with <s>")
+    parser.add_argument("--no-bos", action="store_true", help="do not start the prompt with the BOS token")
     parser.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     add_sampling_arguments(parser, temperature=0.0, max_tokens=128)
     parser.set_defaults(run=run)
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     loaded = load_for_cli(args)
-    ids = loaded.tokenizer.encode(prompt, bos=not args.no_bos)
+    ids = loaded.tokenizer.encode(prompt, bos=loaded.tokenizer.add_bos and not args.no_bos)
     if args.echo:
         print(prompt, end="", flush=True)
     for step in stream_generate(loaded.model, loaded.tokenizer, ids, sampling_params(args, stop=args.stop)):

@@ -1,18 +1,24 @@
-"""A GGUF file (llama.cpp, architecture `llama`): quantized blocks, interleaved RoPE, tokenizer inside."""
+"""A GGUF file (llama.cpp, architecture `llama`): quantized blocks, interleaved RoPE, tokenizer inside.
+
+The header is parsed by tokenizer.gguf_metadata (fast; gguf.GGUFReader takes seconds to open a
+file with a large vocabulary) and the tensor bytes are read from one read-only memory map.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from math import prod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.gguf_quants import dequantize
+from mistral_nemo.model.gguf_quants import block_size, dequantize
 from mistral_nemo.model.weights import CheckpointError, interleaved_to_half
+from mistral_nemo.tokenizer.gguf_metadata import GgufTensorInfo, is_gguf_file
 
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 _TOP_LEVEL = {
@@ -32,24 +38,11 @@ _IN_LAYER = {
     "ffn_norm.weight": "ffn_norm.weight",
 }
 
-
-def is_gguf(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
+is_gguf = is_gguf_file
 
 
-def open_gguf(path: Path) -> GGUFReader:
-    try:
-        return GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise CheckpointError(f"{path} is not a readable GGUF file (truncated?): {exc}") from exc
-
-
-def read_gguf_args(reader: GGUFReader, meta: dict) -> ModelArgs:
-    names = {t.name for t in reader.tensors}
+def read_gguf_args(meta: dict[str, Any], tensors: list[GgufTensorInfo]) -> ModelArgs:
+    names = {t.name for t in tensors}
     return ModelArgs.from_gguf_metadata(meta, tied_embeddings="output.weight" not in names)
 
 
@@ -64,14 +57,21 @@ def gguf_name(name: str) -> str | None:
     raise CheckpointError(f"unexpected tensor {name!r} in GGUF file")
 
 
-def iter_gguf_tensors(reader: GGUFReader, args: ModelArgs) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_gguf_tensors(
+    path: Path, tensors: list[GgufTensorInfo], args: ModelArgs
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized float32 tensors under our names, q/k rows converted to rotate-half."""
-    for tensor in reader.tensors:
-        ours = gguf_name(tensor.name)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    for info in tensors:
+        ours = gguf_name(info.name)
         if ours is None:
             continue
-        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # GGUF lists dims fastest-first
-        weight = dequantize(np.asarray(tensor.data), tensor.tensor_type, shape)
+        shape = tuple(reversed(info.dims))  # GGUF lists dims fastest-first
+        elements_per_block, bytes_per_block = block_size(info.qtype)
+        nbytes = prod(info.dims) // elements_per_block * bytes_per_block
+        if info.offset + nbytes > data.shape[0]:
+            raise CheckpointError(f"{path} is truncated: tensor {info.name} ends past the end of the file")
+        weight = dequantize(data[info.offset : info.offset + nbytes], info.qtype, shape)
         if ours.endswith("attention.wq.weight"):
             weight = interleaved_to_half(weight, args.n_heads)
         elif ours.endswith("attention.wk.weight"):

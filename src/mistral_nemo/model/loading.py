@@ -11,12 +11,13 @@ import torch
 
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.embedded import embedded_model_path
-from mistral_nemo.model.load_gguf import is_gguf, iter_gguf_tensors, open_gguf, read_gguf_args
+from mistral_nemo.model.load_gguf import is_gguf, iter_gguf_tensors, read_gguf_args
 from mistral_nemo.model.load_hf import hf_weight_files, iter_hf_tensors, read_hf_args
 from mistral_nemo.model.load_mistral import iter_mistral_tensors, mistral_weight_files, read_mistral_args
 from mistral_nemo.model.transformer import Transformer
 from mistral_nemo.model.weights import CheckpointError, build_model
 from mistral_nemo.tokenizer import load_tokenizer
+from mistral_nemo.tokenizer.gguf_metadata import read_gguf_header
 
 # Above this many parameters a CPU model is kept in bfloat16 (NeMo 12B: 24.5 GB instead of 49 GB).
 _BF16_ON_CPU_ABOVE = 2_000_000_000
@@ -66,12 +67,9 @@ def load(
     kind, target = detect_format(source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if kind == "gguf":
-        from mistral_nemo.tokenizer.gguf_metadata import read_gguf_metadata
-
-        reader = open_gguf(target)
-        meta = read_gguf_metadata(target)
-        args = read_gguf_args(reader, meta)
-        tensors = iter_gguf_tensors(reader, args)
+        meta, infos = read_gguf_header(target)
+        args = read_gguf_args(meta, infos)
+        tensors = iter_gguf_tensors(target, infos, args)
         name = str(meta.get("general.name") or target.stem)
     elif kind == "mistral":
         args = read_mistral_args(target)

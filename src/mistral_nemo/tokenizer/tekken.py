@@ -166,6 +166,16 @@ class TekkenTokenizer:
     def pad_id(self) -> int:
         return self.special_id("<pad>")
 
+    @property
+    def add_bos(self) -> bool:
+        """Mistral prompts always start with <s>."""
+        return True
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        """Ids that end a generated turn."""
+        return frozenset({self.eos_id})
+
     def special_id(self, text: str) -> int:
         """The id of a control token by its text, e.g. special_id("[INST]") == 3."""
         try:

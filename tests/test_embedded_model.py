@@ -1,0 +1,89 @@
+"""The embedded SmolLM2-135M-Instruct GGUF: same logits as transformers on the same file, right answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from mistral_nemo.engine.generate import generate
+from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.model.loading import LoadedModel, load
+from tests.gguf_fixture import smollm2_gguf_path
+
+
+@pytest.fixture(scope="module")
+def gguf_path() -> Path:
+    return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="module")
+def smollm2(gguf_path: Path) -> LoadedModel:
+    return load(gguf_path, dtype=torch.float32, device="cpu")
+
+
+def test_args_from_gguf_metadata(smollm2: LoadedModel) -> None:
+    args = smollm2.args
+    assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.head_dim) == (576, 30, 9, 3, 64)
+    assert args.tied_embeddings and args.vocab_size == 49152 and args.rope_theta == 100000.0
+    assert smollm2.model.output.weight is smollm2.model.tok_embeddings.weight
+
+
+def test_logits_equal_transformers_on_the_same_gguf(smollm2: LoadedModel, gguf_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    ).eval()
+    ids = smollm2.tokenizer.encode_chat([{"role": "user", "content": "Name three colours of the rainbow."}])
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor([ids])).logits[0].float()
+    ours = smollm2.model.logits(torch.tensor(ids))
+    assert (ours - expected).abs().max().item() <= 2e-4
+    assert torch.equal(ours.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What is the capital of France?", "Paris"),
+        ("What is 2+2?", "4"),
+    ],
+)
+def test_greedy_answers_are_right(smollm2: LoadedModel, question: str, answer: str) -> None:
+    ids = smollm2.tokenizer.encode_chat([{"role": "user", "content": question}])
+    result = generate(smollm2.model, smollm2.tokenizer, ids, SamplingParams(max_tokens=40, temperature=0))
+    assert answer in result.text
+    assert result.finish_reason == "stop"  # it ends its turn with <|im_end|>
+
+
+def test_chat_prompt_command_prints_only_the_answer(gguf_path: Path) -> None:
+    cli = shutil.which("mistral-nemo")
+    assert cli is not None, "console script not installed (run scripts/setup.sh)"
+    env = {**os.environ, "MISTRAL_NEMO_HOME": str(gguf_path.parent.parent)}
+    result = subprocess.run(
+        [cli, "chat", "--prompt", "What is the capital of France?", "--temperature", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "Loaded" not in result.stdout  # notes go to stderr
+    assert "Loaded" in result.stderr
+
+
+@pytest.mark.parametrize("keep_bytes", [2_000, 50_000_000])
+def test_truncated_gguf_is_a_clear_error(gguf_path: Path, tmp_path: Path, keep_bytes: int) -> None:
+    # Cut inside the header (vocabulary) and inside the tensor data.
+    broken = tmp_path / "model.gguf"
+    with gguf_path.open("rb") as src:
+        broken.write_bytes(src.read(keep_bytes))
+    with pytest.raises(ValueError, match="truncated"):
+        load(broken, dtype=torch.float32, device="cpu")
