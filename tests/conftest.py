@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mistral_common
@@ -30,3 +31,10 @@ def tekken(tekken_path: Path) -> TekkenTokenizer:
 def reference(tekken_path: Path) -> MistralTokenizer:
     """mistral_common's tokenizer in serving mode: the rules a server must apply."""
     return MistralTokenizer.from_file(str(tekken_path), mode=ValidationMode.serving)
+
+
+def console_script(name: str) -> str:
+    """The installed console script beside this Python (the venv's bin/, activated or not)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is not installed beside {sys.executable}: run scripts/setup.sh"
+    return str(path)

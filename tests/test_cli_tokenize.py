@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
-CLI = shutil.which("mistral-nemo")
-pytestmark = pytest.mark.skipif(CLI is None, reason="console script not installed (run scripts/setup.sh)")
+from tests.conftest import console_script
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    assert CLI is not None
-    return subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True, timeout=120)
+    cli = console_script("mistral-nemo")
+    return subprocess.run([cli, *args], input=stdin, capture_output=True, text=True, timeout=120)
 
 
 def test_text_ids_match_reference(tekken_path: Path, reference) -> None:

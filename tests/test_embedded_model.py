@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
+from tests.conftest import console_script
 from tests.gguf_fixture import smollm2_gguf_path
 
 
@@ -63,8 +63,7 @@ def test_greedy_answers_are_right(smollm2: LoadedModel, question: str, answer: s
 
 
 def test_chat_prompt_command_prints_only_the_answer(gguf_path: Path) -> None:
-    cli = shutil.which("mistral-nemo")
-    assert cli is not None, "console script not installed (run scripts/setup.sh)"
+    cli = console_script("mistral-nemo")
     env = {**os.environ, "MISTRAL_NEMO_HOME": str(gguf_path.parent.parent)}
     result = subprocess.run(
         [cli, "chat", "--prompt", "What is the capital of France?", "--temperature", "0"],

@@ -1,0 +1,124 @@
+"""The model commands as a user runs them: `mistral-nemo chat/generate`, `mistral-chat`, `mistral-demo`.
+
+They run on a small random NeMo-shaped Mistral folder (the text is noise; the behaviour is not).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mistral_nemo.entrypoints.mistral_compat import DEMO_PROMPTS, SEPARATOR
+from tests.conftest import console_script
+from tests.nemo_checkpoints import random_reference_model, write_mistral_folder
+
+
+@pytest.fixture(scope="module")
+def nemo_folder(tmp_path_factory) -> Path:
+    return write_mistral_folder(random_reference_model(seed=3), tmp_path_factory.mktemp("Nemo-small"))
+
+
+def run(name: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(name), *args], input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_mistral_demo(nemo_folder: Path) -> None:
+    result = run("mistral-demo", str(nemo_folder), "--max_tokens", "6")
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split(SEPARATOR + "\n")
+    assert len(blocks) == 4 and blocks[-1] == ""
+    for prompt, block in zip(DEMO_PROMPTS, blocks, strict=False):
+        assert block.startswith(prompt)
+
+
+def test_mistral_chat_instruct_conversation(nemo_folder: Path) -> None:
+    result = run(
+        "mistral-chat", str(nemo_folder), "--instruct", "--max-tokens", "4", "--temperature", "0",
+        stdin="Hello\nAnd again\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr  # end of input ends the chat cleanly
+    assert result.stdout.count("Prompt: ") == 3
+    assert result.stdout.count(SEPARATOR) == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_mistral_chat_refuses_lora_clearly(nemo_folder: Path) -> None:
+    result = run("mistral-chat", str(nemo_folder), "--lora_path", "/tmp/adapter")
+    assert result.returncode == 2
+    assert "LoRA" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_prompt_is_repeatable_with_seed(nemo_folder: Path) -> None:
+    args = (
+        "chat",
+        str(nemo_folder),
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "6",
+        "--seed",
+        "4",
+        "--temperature",
+        "1",
+    )
+    first, second = run("mistral-nemo", *args), run("mistral-nemo", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.strip()
+
+
+def test_interactive_chat_commands(nemo_folder: Path) -> None:
+    script = (
+        '/help\n"""\nline one\nline two\n"""\n/system Be brief.\nhello \\\nthere\n/reset\n/nonsense\n/exit\n'
+    )
+    result = run("mistral-nemo", "chat", str(nemo_folder), "--max-tokens", "3", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "/system TEXT" in result.stderr  # /help
+    assert "system prompt set" in result.stderr
+    assert "conversation cleared" in result.stderr
+    assert "unknown command /nonsense" in result.stderr
+    assert result.stdout.count(">>> ") >= 6
+    assert result.stdout.count("... ") == 4  # three lines inside """ ... """, one after a backslash
+
+
+def test_generate_echo_and_stop(nemo_folder: Path) -> None:
+    free = run("mistral-nemo", "generate", str(nemo_folder), "--prompt", "abc", "--max-tokens", "12")
+    assert free.returncode == 0, free.stderr
+    completion = free.stdout.removesuffix("\n")
+    echoed = run(
+        "mistral-nemo", "generate", str(nemo_folder), "--prompt", "abc", "--max-tokens", "12", "--echo"
+    )
+    assert echoed.stdout == "abc" + free.stdout
+    stop = completion[4:7]
+    if stop.strip():
+        stopped = run(
+            "mistral-nemo",
+            "generate",
+            str(nemo_folder),
+            "--prompt",
+            "abc",
+            "--max-tokens",
+            "12",
+            "--stop",
+            stop,
+        )
+        assert stopped.stdout.removesuffix("\n") == completion[: completion.find(stop)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chat", "/nonexistent/model", "--prompt", "x"], "model not found"),
+        (["generate", "{tmp}", "--prompt", "x"], "is not a model folder"),
+        (["chat", "{nemo}", "--prompt", "x", "--temperature", "-1"], "temperature"),
+    ],
+)
+def test_errors_are_one_line(nemo_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    filled = [a.format(tmp=tmp_path, nemo=nemo_folder) for a in args]
+    result = run("mistral-nemo", *filled)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
