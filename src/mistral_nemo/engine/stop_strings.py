@@ -10,6 +10,7 @@ class StopStringFilter:
         self._stops = stops
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def add(self, text: str) -> str:
         """Take new text; return what is safe to show. Sets `stopped` when a stop string appears."""
@@ -19,8 +20,9 @@ class StopStringFilter:
         if not self._stops:
             out, self._pending = self._pending, ""
             return out
-        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        hits = [(i, stop) for stop in self._stops if (i := self._pending.find(stop)) >= 0]
+        if hits:
+            cut, self.matched = min(hits)
             self.stopped = True
             out, self._pending = self._pending[:cut], ""
             return out

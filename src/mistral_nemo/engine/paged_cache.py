@@ -1,0 +1,85 @@
+"""The paged KV cache: one preallocated pool of blocks for all sequences, and attention over it.
+
+A step's batch is flattened: the tokens of every scheduled sequence one after the other
+(prefill chunks and single decode tokens alike). `begin_step` receives, per sequence, where
+its query tokens sit in that flat batch and which cache slots hold its whole context; `attend`
+(the KVCache protocol the model calls) writes the new keys/values into their slots and lets
+each sequence's queries attend to its own context. Pure PyTorch, so it runs on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mistral_nemo.model.args import ModelArgs
+
+
+@dataclass
+class SeqSlice:
+    """One sequence's part of a step."""
+
+    query_start: int  # first row of its queries in the flat batch
+    query_len: int  # tokens computed this step
+    context_slots: torch.Tensor  # cache slots of its whole context after this step (oldest first)
+
+
+class PagedKVCache:
+    def __init__(
+        self,
+        args: ModelArgs,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        slots = num_blocks * block_size
+        shape = (args.n_layers, slots, args.n_kv_heads, args.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self._slot_mapping: torch.Tensor | None = None
+        self._seqs: list[SeqSlice] = []
+
+    @staticmethod
+    def bytes_per_block(args: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
+        return 2 * args.n_layers * block_size * args.kv_dim * torch.empty((), dtype=dtype).element_size()
+
+    def slots_for(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
+        """Cache slots of token positions start..end-1 of a sequence with this block table."""
+        positions = torch.arange(start, end)
+        blocks = torch.tensor(block_table, dtype=torch.long)[positions // self.block_size]
+        return blocks * self.block_size + positions % self.block_size
+
+    def begin_step(self, slot_mapping: torch.Tensor, seqs: list[SeqSlice]) -> None:
+        """Describe the next forward: the slot of each new token, and each sequence's slice."""
+        device = self.keys.device
+        self._slot_mapping = slot_mapping.to(device)
+        self._seqs = [SeqSlice(s.query_start, s.query_len, s.context_slots.to(device)) for s in seqs]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        assert self._slot_mapping is not None, "begin_step() must describe the batch first"
+        layer_keys, layer_values = self.keys[layer], self.values[layer]
+        layer_keys.index_copy_(0, self._slot_mapping, k)
+        layer_values.index_copy_(0, self._slot_mapping, v)
+        out = torch.empty_like(q)
+        for s in self._seqs:
+            rows = slice(s.query_start, s.query_start + s.query_len)
+            keys = layer_keys[s.context_slots].transpose(0, 1)  # [kv_heads, context, head_dim]
+            values = layer_values[s.context_slots].transpose(0, 1)
+            out[rows] = _attend_one(q[rows].transpose(0, 1), keys, values).transpose(0, 1)
+        return out
+
+
+def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """q [heads, n, d] are the last n positions of a context of len(keys): causal within them."""
+    n, context = q.shape[1], keys.shape[1]
+    mask = None
+    if n > 1:
+        mask = (
+            torch.arange(context, device=q.device)[None, :]
+            <= torch.arange(context - n, context, device=q.device)[:, None]
+        )
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
