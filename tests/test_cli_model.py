@@ -5,6 +5,7 @@ They run on a small random NeMo-shaped Mistral folder (the text is noise; the be
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
@@ -122,3 +123,22 @@ def test_errors_are_one_line(nemo_folder: Path, tmp_path: Path, args: list[str],
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_chat_session_keeps_both_sides_of_each_turn(nemo_folder: Path) -> None:
+    import torch
+
+    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.engine.sampling_params import SamplingParams
+    from mistral_nemo.entrypoints.chat_cmd import ChatSession
+    from mistral_nemo.model.loading import load
+
+    engine = LLMEngine(load(nemo_folder, dtype=torch.float32, device="cpu"))
+    session = ChatSession(engine, SamplingParams(max_tokens=4, temperature=0), system="Be brief.")
+    sink = io.StringIO()
+    first = session.reply("first question", out=sink)
+    session.reply("second question", out=sink)
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    assert session.messages[0]["content"] == "first question"
+    assert session.messages[1]["content"] == (first or " ")
+    assert session.messages[2]["content"] == "second question"

@@ -178,6 +178,8 @@ def test_admission_errors_are_distinct(nemo: LoadedModel) -> None:
         engine.add_request("big", list(range(1000, 1010)), SamplingParams(max_tokens=40))
     with pytest.raises(RequestError, match="outside the vocabulary"):
         engine.add_request("bad", [10**7], SamplingParams(max_tokens=1))
+    with pytest.raises(RequestError, match="stop_token_ids names a token id outside"):
+        engine.add_request("stop", [1000], SamplingParams(max_tokens=1, stop_token_ids=[10**7]))
     with pytest.raises(RequestError, match="empty"):
         engine.add_request("empty", [], SamplingParams(max_tokens=1))
     engine.add_request("a", [1000, 1001], SamplingParams(max_tokens=2))

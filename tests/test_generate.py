@@ -38,9 +38,17 @@ def test_stop_filter_equals_cutting_at_first_stop(text: str, stops: list[str], c
     chunks.append(text[last:])
     stop_filter = StopStringFilter(stops)
     shown = "".join(stop_filter.add(c) for c in chunks) + stop_filter.flush()
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    assert shown == (text[: min(hits)] if hits else text)
-    assert stop_filter.stopped == bool(hits)
+    # Generation ends as soon as a stop string is complete: after each chunk (one token's text),
+    # the text is cut at the earliest stop string it contains; later chunks never happen.
+    expected, stopped, so_far = text, False, ""
+    for chunk in chunks:
+        so_far += chunk
+        hits = [i for i in (so_far.find(s) for s in stops) if i >= 0]
+        if hits:
+            expected, stopped = so_far[: min(hits)], True
+            break
+    assert shown == expected
+    assert stop_filter.stopped == stopped
 
 
 def test_stop_string_split_across_pieces_is_never_shown() -> None:

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
 
+    from mistral_nemo.engine.llm import LLM
+    from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput
+    from mistral_nemo.engine.sampling_params import SamplingParams
     from mistral_nemo.model.loading import LoadedModel
 
 __version__ = "0.1.0"
+__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__", "load"]
+
+# Exported names and their modules, imported on first use so that `import mistral_nemo`
+# (and `import mistral_nemo.tokenizer`) does not pull in torch.
+_LAZY = {
+    "LLM": "mistral_nemo.engine.llm",
+    "SamplingParams": "mistral_nemo.engine.sampling_params",
+    "RequestOutput": "mistral_nemo.engine.outputs",
+    "CompletionOutput": "mistral_nemo.engine.outputs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mistral_nemo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def load(

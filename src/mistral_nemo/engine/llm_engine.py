@@ -106,8 +106,12 @@ class LLMEngine:
         bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise RequestError(f"prompt token id {bad} is outside the vocabulary (0..{vocab - 1})")
-        if params.logit_bias and any(not 0 <= t < vocab for t in params.logit_bias):
-            raise RequestError(f"logit_bias names a token id outside the vocabulary (0..{vocab - 1})")
+        for field_name, ids in (
+            ("logit_bias", params.logit_bias or ()),
+            ("stop_token_ids", params.stop_token_ids),
+        ):
+            if any(not 0 <= t < vocab for t in ids):
+                raise RequestError(f"{field_name} names a token id outside the vocabulary (0..{vocab - 1})")
         self.scheduler.check(len(prompt_ids), params.max_tokens, params.n)
         seqs = [self._new_seq(request_id, prompt_ids, params, i) for i in range(params.n)]
         for seq in seqs[1:]:
@@ -132,6 +136,11 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
+
+    @property
+    def capacity_tokens(self) -> int:
+        """The most tokens one sequence can ever hold: the context, or the whole KV pool if smaller."""
+        return min(self.max_model_len, self.blocks.num_blocks * self.blocks.block_size)
 
     def request_ids(self) -> list[str]:
         return list(self._requests)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class StopStringFilter:
-    """Holds back the end of the text while it could still be the start of a stop string."""
+    """Holds back the end of the text while it could still be the start of a stop string.
+
+    Feed one token's text at a time: generation ends the moment a stop string is complete, so
+    the text is cut at the earliest stop string present after that token (a longer stop string
+    that started earlier but would only complete later never gets the chance).
+    """
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = stops

@@ -1,4 +1,7 @@
-"""`mistral-nemo chat`: talk to a model in the terminal, or answer one --prompt for scripts."""
+"""`mistral-nemo chat`: talk to a model in the terminal, or answer one --prompt for scripts.
+
+Answers stream through the batching engine (one request at a time), one text delta per step.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,19 @@ import argparse
 import sys
 from typing import Any
 
-from mistral_nemo.engine.generate import PromptTooLongError, stream_generate
+from mistral_nemo.engine.errors import RequestError
+from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.entrypoints import remote_chat
 from mistral_nemo.entrypoints.model_options import (
+    add_engine_arguments,
     add_model_argument,
     add_sampling_arguments,
+    engine_for_cli,
     load_for_cli,
     sampling_params,
+    stream_text,
 )
-from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.tokenizer.errors import ChatFormatError
 
 NEMO_TEMPERATURE = 0.3  # Mistral's recommendation for NeMo (lower than for earlier models)
@@ -32,13 +39,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", help="answer this one message, print only the answer, and exit")
     parser.add_argument("--system", help="system prompt")
     add_sampling_arguments(parser, temperature=NEMO_TEMPERATURE, max_tokens=512)
+    add_engine_arguments(parser)
+    remote_chat.add_arguments(parser)  # --url URL [--api-key KEY] [--model NAME]
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_for_cli(args)
+    if args.url:  # a running server answers instead of a local model
+        return remote_chat.run(args)
     params = sampling_params(args)
-    session = ChatSession(loaded, params, system=args.system)
+    loaded = load_for_cli(args)
+    session = ChatSession(engine_for_cli(args, loaded), params, system=args.system)
     if args.prompt is not None:
         session.reply(args.prompt, out=sys.stdout)
         return 0
@@ -50,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 class ChatSession:
     """A conversation: its messages, and streaming the model's answers into it."""
 
-    def __init__(self, loaded: LoadedModel, params: SamplingParams, system: str | None = None) -> None:
-        self.loaded = loaded
+    def __init__(self, engine: LLMEngine, params: SamplingParams, system: str | None = None) -> None:
+        self.engine = engine
         self.params = params
         self.system = system
         self.messages: list[dict[str, Any]] = []
@@ -62,14 +73,14 @@ class ChatSession:
     def reply(self, text: str, out: Any) -> str:
         """Add the user's message, stream the answer to `out`, keep it in the conversation."""
         conversation = [*self._system_messages(), *self.messages, {"role": "user", "content": text}]
-        prompt = self.loaded.tokenizer.encode_chat(conversation)
+        prompt = self.engine.tokenizer.encode_chat(conversation)
         pieces: list[str] = []
         try:
-            for step in stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, self.params):
-                pieces.append(step.text)
-                out.write(step.text)
+            for piece in stream_text(self.engine, prompt, self.params):
+                pieces.append(piece)
+                out.write(piece)
                 out.flush()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # stream_text has aborted the request
             pieces.append("")  # keep what was said so far
         out.write("\n")
         answer = "".join(pieces)
@@ -93,7 +104,7 @@ def _interactive(session: ChatSession) -> None:
             continue
         try:
             session.reply(text, out=sys.stdout)
-        except (PromptTooLongError, ChatFormatError) as exc:
+        except (RequestError, ChatFormatError) as exc:
             print(f"error: {exc}. /reset to start over.", file=sys.stderr)
 
 

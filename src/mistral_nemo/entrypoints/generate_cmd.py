@@ -1,16 +1,18 @@
-"""`mistral-nemo generate`: raw text completion (no chat format), streamed to stdout."""
+"""`mistral-nemo generate`: raw text completion (no chat format), streamed to stdout through the engine."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from mistral_nemo.engine.generate import stream_generate
 from mistral_nemo.entrypoints.model_options import (
+    add_engine_arguments,
     add_model_argument,
     add_sampling_arguments,
+    engine_for_cli,
     load_for_cli,
     sampling_params,
+    stream_text,
 )
 
 
@@ -22,16 +24,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-bos", action="store_true", help="do not start the prompt with the BOS token")
     parser.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     add_sampling_arguments(parser, temperature=0.0, max_tokens=128)
+    add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    params = sampling_params(args, stop=args.stop)
     loaded = load_for_cli(args)
+    engine = engine_for_cli(args, loaded)
     ids = loaded.tokenizer.encode(prompt, bos=loaded.tokenizer.add_bos and not args.no_bos)
     if args.echo:
         print(prompt, end="", flush=True)
-    for step in stream_generate(loaded.model, loaded.tokenizer, ids, sampling_params(args, stop=args.stop)):
-        print(step.text, end="", flush=True)
+    for text in stream_text(engine, ids, params):
+        print(text, end="", flush=True)
     print()
     return 0

@@ -1,0 +1,234 @@
+"""`LLM`: the offline batch API (vLLM's shape) over LLMEngine: all prompts in at once, results in order.
+
+>>> from mistral_nemo import LLM, SamplingParams
+>>> llm = LLM()  # the embedded model; or a Mistral / HF folder or a GGUF file
+>>> outs = llm.generate(["Hello", "The sky is"], SamplingParams(max_tokens=32, temperature=0))
+>>> outs[1].outputs[0].text
+>>> llm.chat([{"role": "user", "content": "Hi!"}])  # one conversation, or a list of them
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mistral_nemo.engine.config import EngineConfig, parse_size
+from mistral_nemo.engine.errors import QueueFullError
+from mistral_nemo.engine.llm_engine import LLMEngine
+from mistral_nemo.engine.outputs import RequestOutput
+from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.model.loading import LoadedModel, load
+from mistral_nemo.tokenizer.errors import TokenizerError
+from mistral_nemo.tokenizer.tool_parser import parse_tool_calls
+
+# text, token ids, or a dict {"prompt": text} / {"prompt_token_ids": ids} (vLLM's TextPrompt / TokensPrompt)
+Prompt = str | Sequence[int] | Mapping[str, Any]
+Message = Mapping[str, Any]
+_Pending = tuple[str, Prompt, SamplingParams]  # request id, prompt, params: not yet in the engine
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
+
+
+def engine_config(**options: Any) -> EngineConfig:
+    """EngineConfig from keyword options; sizes may be strings ("1GiB"), unknown names are refused."""
+    unknown = sorted(set(options) - _CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown engine option(s) {unknown}; known: {sorted(_CONFIG_FIELDS)}")
+    if isinstance(options.get("kv_cache_memory"), str):
+        options["kv_cache_memory"] = parse_size(options["kv_cache_memory"])
+    return EngineConfig(**{k: v for k, v in options.items() if v is not None})
+
+
+def split_tool_calls(tokenizer: Any, token_ids: Sequence[int], text: str) -> tuple[str, list[dict] | None]:
+    """(content, tool calls) of a generation: the calls as OpenAI dicts, or None when there are none.
+
+    Only tokenizers with a [TOOL_CALLS] control token (Tekken) have a tool-call format; for others,
+    and for output without a well-formed call list, the text comes back unchanged with None.
+    """
+    try:
+        marker = tokenizer.special_id("[TOOL_CALLS]")
+    except (TokenizerError, KeyError, AttributeError):
+        return text, None
+    if marker not in token_ids:
+        return text, None
+    parsed = parse_tool_calls(tokenizer, token_ids)
+    if parsed.malformed or not parsed.tool_calls:
+        return text, None
+    calls = [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in parsed.tool_calls
+    ]
+    return parsed.content, calls
+
+
+class LLM:
+    """A model and a batching engine; `generate` / `chat` run many prompts together and return in order."""
+
+    def __init__(
+        self,
+        model: str | Path | LoadedModel | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        **engine_options: Any,
+    ) -> None:
+        config = engine_config(**engine_options)
+        if isinstance(model, LoadedModel):
+            self.loaded = model
+        else:
+            if isinstance(dtype, str) and dtype != "auto":
+                if dtype not in _DTYPES:
+                    raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+                dtype = _DTYPES[dtype]
+            self.loaded = load(model, dtype=dtype if isinstance(dtype, torch.dtype) else None, device=device)
+        self.engine = LLMEngine(self.loaded, config)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        *,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """One finished RequestOutput per prompt, in input order. A list of ints is one prompt of ids."""
+        return self._run(_as_prompt_list(prompts), params or sampling_params, use_tqdm)
+
+    def chat(
+        self,
+        messages: Sequence[Message] | Sequence[Sequence[Message]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        use_tqdm: bool = True,
+        *,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """One conversation (a list of message dicts) or a list of them, in the model's chat format.
+
+        Tool calls the model makes are parsed into `outputs[k].tool_calls` (OpenAI dicts), and
+        `outputs[k].text` is then the content around them.
+        """
+        single = len(messages) == 0 or isinstance(messages[0], Mapping)
+        conversations = [messages] if single else messages
+        tokenizer = self.loaded.tokenizer
+        prompts: list[Prompt] = [
+            tokenizer.encode_chat(list(c), tools=list(tools) if tools else None)  # type: ignore[arg-type]
+            for c in conversations
+        ]
+        results = self._run(prompts, params or sampling_params, use_tqdm)
+        for result in results:
+            for out in result.outputs:
+                out.text, out.tool_calls = split_tool_calls(tokenizer, out.token_ids, out.text)
+        return results
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _run(
+        self,
+        prompts: list[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None,
+        use_tqdm: bool,
+    ) -> list[RequestOutput]:
+        if params is None or isinstance(params, SamplingParams):
+            per_prompt = [params or SamplingParams()] * len(prompts)
+        else:
+            per_prompt = list(params)
+            if len(per_prompt) != len(prompts):
+                raise ValueError(f"{len(per_prompt)} sampling params for {len(prompts)} prompts")
+        ids = [f"llm-{next(self._ids)}" for _ in prompts]
+        pending: list[_Pending] = list(zip(ids, prompts, per_prompt, strict=True))
+        for _, prompt, _ in pending:  # refuse bad input before anything runs
+            _check_prompt(prompt)
+        results: dict[str, RequestOutput] = {}
+        mine = set(ids)
+        progress = _Progress(len(prompts), use_tqdm)
+        try:
+            while pending or self.engine.has_unfinished_requests():
+                pending = self._submit(pending)
+                for output in self.engine.step():
+                    if output.finished and output.request_id in mine:
+                        results[output.request_id] = output
+                        progress.update(sum(len(c.token_ids) for c in output.outputs))
+        except BaseException:
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+            raise
+        finally:
+            progress.close()
+        return [results[i] for i in ids]
+
+    def _submit(self, pending: list[_Pending]) -> list[_Pending]:
+        """Queue as many requests as the engine takes now; return the rest."""
+        for k, (request_id, prompt, params) in enumerate(pending):
+            if isinstance(prompt, Mapping):
+                text = prompt.get("prompt")
+                prompt = prompt.get("prompt_token_ids", text)
+            else:
+                text = prompt if isinstance(prompt, str) else None
+            try:
+                self.engine.add_request(request_id, prompt, params, prompt_text=text)  # type: ignore[arg-type]
+            except QueueFullError:
+                if not self.engine.has_unfinished_requests():
+                    raise
+                return pending[k:]
+        return []
+
+
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str | Mapping):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(p, int) for p in prompts):
+        return [prompts]  # one prompt of token ids
+    return prompts
+
+
+def _check_prompt(prompt: Prompt) -> None:
+    if isinstance(prompt, Mapping):
+        if "prompt_token_ids" not in prompt and "prompt" not in prompt:
+            raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+    elif not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
+        raise TypeError(f"a prompt is a string or a list of token ids, got {prompt!r:.80}")
+
+
+class _Progress:
+    """tqdm when installed, else a one-line counter on stderr; nothing when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.tokens, self.enabled = total, 0, 0, enabled and total > 0
+        self._bar: Any = None
+        self._started = time.perf_counter()
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=total, desc="Processed prompts", unit="prompt", dynamic_ncols=True)
+
+    def update(self, new_tokens: int) -> None:
+        self.done += 1
+        self.tokens += new_tokens
+        if self._bar is not None:
+            speed = self.tokens / max(time.perf_counter() - self._started, 1e-9)
+            self._bar.set_postfix_str(f"output {speed:.1f} tok/s", refresh=False)
+            self._bar.update(1)
+        elif self.enabled:
+            print(f"\rProcessed prompts: {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
