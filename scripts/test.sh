@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install-browser.sh  # chromium + chromedriver for the web page test
 .venv/bin/ruff check src tests bench
 .venv/bin/python -m pytest "$@"

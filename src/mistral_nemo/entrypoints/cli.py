@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from mistral_nemo import __version__
-from mistral_nemo.entrypoints import chat_cmd, download_cmd, generate_cmd, tokenize_cmd
+from mistral_nemo.engine.errors import QueueFullError
+from mistral_nemo.entrypoints import chat_cmd, download_cmd, generate_cmd, serve_cmd, tokenize_cmd
 from mistral_nemo.model.embedded import EmbeddedModelError
 
 
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mistral-nemo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (chat_cmd, generate_cmd, download_cmd, tokenize_cmd):
+    for command in (chat_cmd, generate_cmd, download_cmd, tokenize_cmd, serve_cmd):
         command.register(commands)
     return parser
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, EmbeddedModelError) as exc:
+    except (ValueError, OSError, EmbeddedModelError, QueueFullError) as exc:
         # Users get the reason, not a traceback.
         print(f"mistral-nemo {args.command}: error: {exc}", file=sys.stderr)
         return 2

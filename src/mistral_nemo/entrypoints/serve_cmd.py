@@ -1,0 +1,120 @@
+"""`mistral-nemo serve`: the OpenAI- and Mistral-compatible HTTP API (FastAPI + uvicorn).
+
+The server listens at once and loads the model in the background: /health answers 503 until
+the model is ready, then 200. A model that fails to load stops the server with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mistral_nemo.engine.async_engine import AsyncLLMEngine
+from mistral_nemo.engine.config import EngineConfig
+from mistral_nemo.engine.llm_engine import LLMEngine
+from mistral_nemo.entrypoints.model_options import (
+    add_engine_arguments,
+    add_model_argument,
+    load_for_cli,
+    size_argument,
+)
+
+API_KEY_ENV = "MISTRAL_NEMO_API_KEY"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the model over an OpenAI- and Mistral-compatible HTTP API",
+        description="Serve a model at /v1/chat/completions, /v1/completions, /v1/models, /metrics ...",
+    )
+    add_model_argument(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; unset: no key needed)",
+    )
+    parser.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="the model name(s) clients use (default: the model's own name; a NeMo model also "
+        "answers to open-mistral-nemo and open-mistral-nemo-2407)",
+    )
+    add_engine_arguments(parser)
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences running at once (default 64)")
+    parser.add_argument(
+        "--max-queue", type=int, default=1024, help="waiting sequences before answering 503 (default 1024)"
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=size_argument,
+        default=16 << 20,
+        metavar="SIZE",
+        help="request body limit (default 16MiB)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(run=run)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    if args.max_num_seqs < 1 or args.max_queue < 1:
+        raise ValueError("--max-num-seqs and --max-queue must be at least 1")
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+    if args.kv_cache_memory is not None:
+        config.kv_cache_memory = args.kv_cache_memory
+    if args.max_model_len is not None:
+        if args.max_model_len < 2:
+            raise ValueError("--max-model-len must be at least 2")
+        config.max_model_len = args.max_model_len
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: the other commands do not need the server's dependencies
+
+    from mistral_nemo.entrypoints.server import ServerConfig, build_app
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.model is not None and not Path(args.model).expanduser().exists():
+        raise ValueError(f"model not found: {args.model}")
+    engine_limits = engine_config(args)
+    server_config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        served_model_names=list(args.served_model_name),
+        max_body_bytes=args.max_body_size,
+    )
+    level = getattr(logging, args.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    failure: list[BaseException] = []
+
+    def build_engine() -> AsyncLLMEngine:
+        return AsyncLLMEngine(LLMEngine(load_for_cli(args), engine_limits))
+
+    def on_load_error(exc: BaseException) -> None:
+        failure.append(exc)
+        server.should_exit = True
+
+    app = build_app(build_engine, server_config, on_load_error=on_load_error)
+    uvicorn_config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(uvicorn_config)
+    where = f"http://{args.host}:{args.port}"
+    print(
+        f"mistral-nemo serve: listening on {where} (loading the model; /health says when ready)",
+        file=sys.stderr,
+    )
+    server.run()
+    if failure:
+        raise ValueError(f"the model failed to load: {failure[0]}")
+    return 0

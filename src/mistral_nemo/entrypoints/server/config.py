@@ -1,0 +1,40 @@
+"""ServerConfig: what the HTTP layer needs to know, separate from the engine's limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_BODY_BYTES = 16 << 20  # 16 MiB: a long conversation fits easily, a flood does not
+
+# Mistral's API names for NeMo: served as aliases when the model is a Tekken (NeMo-family) model.
+NEMO_ALIASES = ("open-mistral-nemo", "open-mistral-nemo-2407")
+
+# Paths answered without an API key. Everything else (the /v1 API, tokenizer endpoints) needs one.
+PUBLIC_PATHS = frozenset({"/health", "/version", "/metrics", "/", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # None: no authentication
+    served_model_names: list[str] = field(default_factory=list)  # empty: the loaded model's own name
+    add_nemo_aliases: bool = True  # also answer to open-mistral-nemo(-2407) for a Tekken model
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    default_temperature: float = 1.0  # OpenAI's default when a request names none
+    public_paths: frozenset[str] = PUBLIC_PATHS
+    public_prefixes: tuple[str, ...] = PUBLIC_PREFIXES
+    web_page: bool = True  # the chat page at / (static files, no CDN)
+    log_requests: bool = True  # one log line per request (logger "mistral_nemo.server")
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("the API key must not be empty")
+        if not 0.0 <= self.default_temperature <= 2.0:
+            raise ValueError("default_temperature must be in [0, 2]")
+
+    def is_public(self, path: str) -> bool:
+        return path in self.public_paths or path.startswith(self.public_prefixes)
