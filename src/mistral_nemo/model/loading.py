@@ -70,7 +70,7 @@ def load(
         meta, infos = read_gguf_header(target)
         args = read_gguf_args(meta, infos)
         tensors = iter_gguf_tensors(target, infos, args)
-        name = str(meta.get("general.name") or target.stem)
+        name = target.stem  # the file name: usable as a model id (general.name may hold spaces)
     elif kind == "mistral":
         args = read_mistral_args(target)
         tensors = iter_mistral_tensors(mistral_weight_files(target), args)
