@@ -84,16 +84,21 @@ def load_for_cli(args: argparse.Namespace) -> LoadedModel:
     return loaded
 
 
-def engine_for_cli(args: argparse.Namespace, loaded: LoadedModel) -> LLMEngine:
-    """An engine for one terminal user, with the --kv-cache-memory / --max-model-len limits."""
-    config = EngineConfig(max_num_seqs=1)
+def engine_config_from_args(args: argparse.Namespace, **fields: int) -> EngineConfig:
+    """An EngineConfig with the --kv-cache-memory / --max-model-len limits, plus `fields`."""
+    config = EngineConfig(**fields)
     if args.kv_cache_memory is not None:
         config.kv_cache_memory = args.kv_cache_memory
     if args.max_model_len is not None:
         if args.max_model_len < 2:
             raise ValueError("--max-model-len must be at least 2")
         config.max_model_len = args.max_model_len
-    return LLMEngine(loaded, config)
+    return config
+
+
+def engine_for_cli(args: argparse.Namespace, loaded: LoadedModel) -> LLMEngine:
+    """An engine for one terminal user."""
+    return LLMEngine(loaded, engine_config_from_args(args, max_num_seqs=1))
 
 
 def stream_text(engine: LLMEngine, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[str]:

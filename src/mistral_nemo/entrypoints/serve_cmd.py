@@ -18,6 +18,7 @@ from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.entrypoints.model_options import (
     add_engine_arguments,
     add_model_argument,
+    engine_config_from_args,
     load_for_cli,
     size_argument,
 )
@@ -66,14 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     if args.max_num_seqs < 1 or args.max_queue < 1:
         raise ValueError("--max-num-seqs and --max-queue must be at least 1")
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
-    if args.kv_cache_memory is not None:
-        config.kv_cache_memory = args.kv_cache_memory
-    if args.max_model_len is not None:
-        if args.max_model_len < 2:
-            raise ValueError("--max-model-len must be at least 2")
-        config.max_model_len = args.max_model_len
-    return config
+    return engine_config_from_args(args, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
 
 
 def run(args: argparse.Namespace) -> int:
