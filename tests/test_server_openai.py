@@ -12,12 +12,14 @@ import json
 import math
 
 import httpx
+import jsonschema
 import pytest
 import torch
 from openai import OpenAI
 
 from mistral_nemo.entrypoints.server import chat as chat_module
 from mistral_nemo.entrypoints.server.chat import Guidance
+from mistral_nemo.entrypoints.server.chat_output import openai_finish_reason
 from tests.server_fixture import NEMO_NAME, SMOL_NAME, RunningServer, nemo_server, smol_server
 
 try:  # mistralai 1.x
@@ -371,4 +373,15 @@ def test_forced_tool_choice_and_json_schema_go_through_guided_decoding(nemo_serv
         max_tokens=300,
         seed=1,
     )
-    assert set(json.loads(answer.choices[0].message.content)) == {"city"}
+    document = json.loads(answer.choices[0].message.content)
+    jsonschema.validate(document, BOUNDED_CITY)
+    assert set(document) == {"city"}
+
+
+def test_finish_reasons() -> None:
+    assert openai_finish_reason("context", False, "model_length") == "model_length"
+    assert openai_finish_reason("context", False) == "length"  # legacy completions
+    assert openai_finish_reason("length", True, "model_length") == "length"
+    assert openai_finish_reason("stop", True) == "tool_calls"
+    assert openai_finish_reason("stop", False) == "stop"
+    assert openai_finish_reason(None, False) is None

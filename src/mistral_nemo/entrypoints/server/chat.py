@@ -7,8 +7,8 @@ SamplingParams -> engine -> one `ChoiceState` per choice -> JSON or server-sent 
 An assistant message with `prefix: true` at the end is continued; as on Mistral's API, the
 returned content starts with that prefix (the first stream delta carries it).
 
-Finish reasons: "stop", "length" (also when the context window ran out, which Mistral's API
-calls "model_length"; OpenAI clients only know "length") and "tool_calls".
+Finish reasons: "stop", "length" (max_tokens reached), "model_length" (the context window ran
+out, as in Mistral's API) and "tool_calls".
 """
 
 from __future__ import annotations

@@ -18,13 +18,17 @@ from mistral_nemo.entrypoints.server.common import chat_logprobs
 from mistral_nemo.tokenizer import ParsedToolCall, ToolCallIdMap, ToolCallParser
 
 
-def openai_finish_reason(engine_reason: str | None, made_tool_calls: bool) -> str | None:
-    """Engine reasons -> OpenAI's. The engine's "context" (the context window ran out) is reported
-    as "length", which every OpenAI client knows; Mistral's own API says "model_length" there, and
-    its SDK accepts "length" too."""
+def openai_finish_reason(
+    engine_reason: str | None, made_tool_calls: bool, context_full: str = "length"
+) -> str | None:
+    """Engine reasons -> the API's. When the context window ran out (the engine's "context"), chat
+    completions say "model_length" as Mistral's API does (OpenAI's SDK accepts any string there);
+    legacy completions keep "length"."""
     if engine_reason is None:
         return None
-    if engine_reason in ("length", "context"):
+    if engine_reason == "context":
+        return context_full
+    if engine_reason == "length":
         return "length"
     if made_tool_calls:
         return "tool_calls"
@@ -75,7 +79,7 @@ class ChoiceState:
             ]
         new_logprobs = self._new_logprobs(output)
         if output.finish_reason is not None:
-            self.finish_reason = openai_finish_reason(output.finish_reason, bool(self.calls))
+            self.finish_reason = openai_finish_reason(output.finish_reason, bool(self.calls), "model_length")
         if not delta and not new_logprobs and not self.finished:
             return None
         return {
