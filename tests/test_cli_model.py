@@ -142,3 +142,24 @@ def test_chat_session_keeps_both_sides_of_each_turn(nemo_folder: Path) -> None:
     assert session.messages[0]["content"] == "first question"
     assert session.messages[1]["content"] == (first or " ")
     assert session.messages[2]["content"] == "second question"
+
+
+@pytest.mark.parametrize("mode", ["latency", "throughput"])
+def test_bench_prints_one_json_line(nemo_folder: Path, mode: str) -> None:
+    import json
+
+    result = run(
+        "mistral-nemo", "bench", str(nemo_folder), "--mode", mode, "--prompt-len", "24", "--gen-len", "5",
+        "--batch", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    figures = json.loads(line)
+    assert figures["batch"] == (1 if mode == "latency" else 3)
+    for key in ("ttft_s", "prefill_tok_s", "decode_tok_s", "output_tok_s", "weight_bytes", "peak_rss_bytes"):
+        assert figures[key] > 0, key
+    # fp32 weights of the small NeMo-shaped model: output, 2 layers, norm, RoPE inv_freq (64); the
+    # untied embedding table is not counted (a step reads one row of it).
+    layer = 320 * 512 * 2 + 320 * 256 * 2 + 3 * 320 * 640 + 2 * 320
+    assert figures["weight_bytes"] == 4 * (4072 * 320 + 2 * layer + 320 + 64)
+    assert ("bandwidth_gb_s" in figures) == (mode == "latency")

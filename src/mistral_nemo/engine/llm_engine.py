@@ -72,10 +72,12 @@ class LLMEngine:
             self.config.max_model_len or loaded.args.max_seq_len, loaded.args.max_seq_len
         )
         block_size = self.config.block_size
-        num_blocks = self.config.num_blocks or max(
-            1,
-            self.config.kv_cache_memory // PagedKVCache.bytes_per_block(loaded.args, block_size, model.dtype),
+        # The memory budget, but never more blocks than max_num_seqs full-length sequences can use.
+        usable = self.config.max_num_seqs * -(-self.max_model_len // block_size)
+        budget = self.config.kv_cache_memory // PagedKVCache.bytes_per_block(
+            loaded.args, block_size, model.dtype
         )
+        num_blocks = self.config.num_blocks or max(1, min(budget, usable))
         self.blocks = BlockManager(num_blocks, block_size, self.config.enable_prefix_caching)
         self.cache = PagedKVCache(loaded.args, num_blocks, block_size, model.dtype, model.device)
         self.runner = ModelRunner(model, self.cache)
