@@ -1,0 +1,225 @@
+"""Weight-only quantized linears (drop-in for bias-free nn.Linear): int8 and group-wise int4.
+
+Forward strategy, chosen by measurement on a 2-core AVX2 CPU (bench/quant_linear.py):
+- T == 1 (decode): a fused dequantize + GEMV numba kernel; reads only the compact bytes.
+- 1 < T <= small_batch_max (int8: 32, int4: 16): the same kernel with the token loop inside the row
+  loop, so each weight row is fetched from memory once for all tokens.
+- larger T (prefill): compute-bound, so dequantize blocks of rows to fp32 and let torch's GEMM run;
+  blocks bound the temporary to 8 MiB (never a full fp32 copy of the matrix).
+Activations of any float dtype are computed in fp32 and returned in their dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as QT
+from torch import nn
+
+from mistral_nemo.model.quant import kernels
+
+# fp32 elements dequantized per prefill step (8 MiB). Measured 5120x14336 on 2 cores: 2M- and 8M-element
+# blocks run alike (int8 T=64: 100 / 111 ms; T=256: 296 / 297 ms; fp32 nn.Linear 148 / 346 ms).
+_BLOCK_ELEMS = 1 << 21
+
+
+def _weight_of(linear_or_weight: nn.Linear | torch.Tensor) -> torch.Tensor:
+    if isinstance(linear_or_weight, nn.Linear):
+        if linear_or_weight.bias is not None:
+            raise ValueError("quantized linears here have no bias (NeMo's linears have none)")
+        return linear_or_weight.weight.detach()
+    return linear_or_weight.detach()
+
+
+def _gguf_blocks(raw: object, qtype: int | str, shape: tuple[int, int], expect: QT) -> np.ndarray:
+    """Raw GGUF bytes as a [n_blocks, bytes_per_block] uint8 array (a view when possible)."""
+    qt = QT[qtype.strip().upper()] if isinstance(qtype, str) else QT(int(qtype))
+    if qt != expect:
+        raise ValueError(f"expected {expect.name} blocks, got {qt.name}")
+    if isinstance(raw, torch.Tensor):
+        arr = raw.contiguous().view(torch.uint8).numpy()
+    elif isinstance(raw, bytes | bytearray | memoryview):
+        arr = np.frombuffer(raw, dtype=np.uint8)
+    else:
+        arr = np.asarray(raw).view(np.uint8)
+    rows, cols = (int(s) for s in shape)
+    if cols % 32:
+        raise ValueError(f"{qt.name}: row length {cols} is not a multiple of 32")
+    per_block = {QT.Q8_0: 34, QT.Q4_0: 18, QT.Q4_1: 20}[qt]
+    n_blocks = rows * cols // 32
+    if arr.size != n_blocks * per_block:
+        raise ValueError(f"{qt.name}: shape {shape} needs {n_blocks * per_block} bytes, got {arr.size}")
+    return arr.reshape(n_blocks, per_block)
+
+
+def _f16_field(blocks: np.ndarray, off: int, rows: int) -> torch.Tensor:
+    """The fp16 field at byte `off` of every block, as float32 [rows, blocks_per_row] (exact)."""
+    vals = np.ascontiguousarray(blocks[:, off : off + 2]).view(np.float16).astype(np.float32)
+    return torch.from_numpy(vals.reshape(rows, -1))
+
+
+class _QuantLinear(nn.Module):
+    small_batch_max = 16  # above this many tokens, dequantize + torch GEMM wins (per class, measured)
+    in_features: int
+    out_features: int
+
+    def _small(self, x: np.ndarray, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _dequant_rows(self, start: int, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        tokens = x2.shape[0]
+        out = torch.empty(tokens, self.out_features, dtype=torch.float32)
+        if tokens == 0:
+            pass
+        elif tokens <= self.small_batch_max:
+            self._small(x2.numpy(), out.numpy())
+        else:
+            rows = max(16, _BLOCK_ELEMS // self.in_features)
+            buf = np.empty((rows, self.in_features), dtype=np.float32)
+            for start in range(0, self.out_features, rows):
+                block = buf[: min(rows, self.out_features - start)]
+                self._dequant_rows(start, block)
+                out[:, start : start + block.shape[0]] = x2 @ torch.from_numpy(block).T
+        return out.to(x.dtype).reshape(*lead, self.out_features)
+
+    @torch.no_grad()
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] these bytes stand for (the exact reference of forward)."""
+        out = np.empty((self.out_features, self.in_features), dtype=np.float32)
+        self._dequant_rows(0, out)
+        return torch.from_numpy(out)
+
+    @torch.no_grad()
+    def permute_rows(self, perm: torch.Tensor) -> _QuantLinear:
+        """Reorder output rows (e.g. GGUF q/k interleaved -> rotate-half RoPE); returns self."""
+        for name, buf in list(self.named_buffers(recurse=False)):
+            setattr(self, name, buf[perm].contiguous())
+        return self
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group_size}"
+
+
+class Int8Linear(_QuantLinear):
+    """w = scale[n, k // G] * q[n, k], int8 q; G = in_features (per channel) or a block size (Q8_0: 32)."""
+
+    small_batch_max = 32  # 5120x14336: T=16 kernel 34 ms vs dequantize+GEMM 47; T=32 70 vs 68
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        if qweight.dtype != torch.int8 or self.in_features % scale.shape[1]:
+            raise ValueError("qweight must be int8 [out, in] and scale [out, in // G] float32")
+        self.group_size = self.in_features // scale.shape[1]
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(
+        cls, linear_or_weight: nn.Linear | torch.Tensor, group_size: int | None = None
+    ) -> Int8Linear:
+        """Symmetric absmax quantization; per output channel unless group_size is given.
+
+        Error bound: |w - w_q| <= scale / 2 = absmax(group) / 254 per element.
+        """
+        w = _weight_of(linear_or_weight)
+        rows, cols = w.shape
+        g = group_size or cols
+        q = torch.empty(rows, cols, dtype=torch.int8)
+        scale = torch.empty(rows, cols // g, dtype=torch.float32)
+        step = max(1, _BLOCK_ELEMS // cols)
+        for r in range(0, rows, step):  # row blocks: never a full fp32 copy of a bf16 matrix
+            blk = w[r : r + step].to(torch.float32).reshape(-1, cols // g, g)
+            s = blk.abs().amax(-1) / 127.0
+            s = torch.where(s > 0, s, torch.ones_like(s))
+            qb = torch.round(blk / s[..., None]).clamp_(-127, 127).to(torch.int8)
+            q[r : r + step] = qb.reshape(-1, cols)
+            scale[r : r + step] = s
+        return cls(q, scale)
+
+    @classmethod
+    def from_gguf_blocks(cls, raw: object, qtype: int | str, shape: tuple[int, int]) -> Int8Linear:
+        """Q8_0 blocks (fp16 d + 32 int8) -> exact block-scaled int8 (G = 32), no fp32 copy."""
+        blocks = _gguf_blocks(raw, qtype, shape, QT.Q8_0)
+        rows, cols = shape
+        q = torch.from_numpy(np.ascontiguousarray(blocks[:, 2:]).view(np.int8).reshape(rows, cols))
+        return cls(q, _f16_field(blocks, 0, rows))
+
+    def _small(self, x: np.ndarray, out: np.ndarray) -> None:
+        kernels.int8_matmul(x, self.qweight.numpy(), self.scale.numpy(), out)
+
+    def _dequant_rows(self, start: int, out: np.ndarray) -> None:
+        kernels.int8_dequant_rows(self.qweight.numpy(), self.scale.numpy(), start, out)
+
+
+class Int4Linear(_QuantLinear):
+    """Asymmetric group-wise int4: w = scale * q + zero, q in 0..15, two per byte (see kernels.py).
+
+    Asymmetric because it is the Q4_1 form (Q4_0 is the special case zero = -8 * scale), so both
+    GGUF types load exactly, and the zero term costs one multiply per group in the kernel.
+    """
+
+    small_batch_max = 16  # 5120x14336 g64: T=16 kernel 65 ms vs dequantize+GEMM 63; T=32 131 vs 83
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features = packed.shape[0]
+        self.in_features = packed.shape[1] * 2
+        self.group_size = self.in_features // scale.shape[1]
+        if packed.dtype != torch.uint8 or self.in_features % scale.shape[1] or self.group_size % 2:
+            raise ValueError("packed must be uint8 [out, in // 2] and scale/zero [out, in // G] float32")
+        self.register_buffer("packed", packed.contiguous())
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+        self.register_buffer("zero", zero.to(torch.float32).contiguous())
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, linear_or_weight: nn.Linear | torch.Tensor, group_size: int = 64) -> Int4Linear:
+        """Min/max quantization per group of `group_size` (32, 64 or 128).
+
+        Error bound: |w - w_q| <= scale / 2 = (max - min)(group) / 30 per element.
+        """
+        w = _weight_of(linear_or_weight)
+        rows, cols = w.shape
+        if cols % group_size or group_size % 2:
+            raise ValueError(f"in_features {cols} is not a multiple of the group size {group_size}")
+        ng, half = cols // group_size, group_size // 2
+        packed = torch.empty(rows, cols // 2, dtype=torch.uint8)
+        scale = torch.empty(rows, ng, dtype=torch.float32)
+        zero = torch.empty(rows, ng, dtype=torch.float32)
+        step = max(1, _BLOCK_ELEMS // cols)
+        for r in range(0, rows, step):
+            blk = w[r : r + step].to(torch.float32).reshape(-1, ng, group_size)
+            lo, hi = blk.amin(-1), blk.amax(-1)
+            s = (hi - lo) / 15.0
+            s = torch.where(s > 0, s, torch.ones_like(s))
+            q = torch.round((blk - lo[..., None]) / s[..., None]).clamp_(0, 15).to(torch.uint8)
+            packed[r : r + step] = (q[..., :half] | (q[..., half:] << 4)).reshape(-1, cols // 2)
+            scale[r : r + step], zero[r : r + step] = s, lo
+        return cls(packed, scale, zero)
+
+    @classmethod
+    def from_gguf_blocks(cls, raw: object, qtype: int | str, shape: tuple[int, int]) -> Int4Linear:
+        """Q4_0 (d, nibbles: w = d(q - 8)) or Q4_1 (d, m, nibbles: w = dq + m) blocks, G = 32, exact."""
+        q4_1 = (QT[qtype.upper()] if isinstance(qtype, str) else QT(int(qtype))) == QT.Q4_1
+        blocks = _gguf_blocks(raw, qtype, shape, QT.Q4_1 if q4_1 else QT.Q4_0)
+        rows, cols = shape
+        off = 4 if q4_1 else 2
+        packed = torch.from_numpy(np.ascontiguousarray(blocks[:, off:]).reshape(rows, cols // 2))
+        d = _f16_field(blocks, 0, rows)
+        zero = _f16_field(blocks, 2, rows) if q4_1 else d * -8.0  # exact: fp16 d times a power of two
+        return cls(packed, d, zero)
+
+    def _small(self, x: np.ndarray, out: np.ndarray) -> None:
+        s = self.scale.numpy()
+        xsum = kernels.group_sums(x, s.shape[1])
+        kernels.int4_matmul(x, xsum, self.packed.numpy(), s, self.zero.numpy(), out)
+
+    def _dequant_rows(self, start: int, out: np.ndarray) -> None:
+        kernels.int4_dequant_rows(self.packed.numpy(), self.scale.numpy(), self.zero.numpy(), start, out)
