@@ -158,8 +158,8 @@ def test_bench_prints_one_json_line(nemo_folder: Path, mode: str) -> None:
     assert figures["batch"] == (1 if mode == "latency" else 3)
     for key in ("ttft_s", "prefill_tok_s", "decode_tok_s", "output_tok_s", "weight_bytes", "peak_rss_bytes"):
         assert figures[key] > 0, key
-    # fp32 weights of the small NeMo-shaped model: output, 2 layers, norm, RoPE inv_freq (64); the
-    # untied embedding table is not counted (a step reads one row of it).
+    # fp32 weights of the small NeMo-shaped model: output, 2 layers, norm, RoPE inv_freq (64), and one
+    # row of the untied embedding table (a step reads one row of it).
     layer = 320 * 512 * 2 + 320 * 256 * 2 + 3 * 320 * 640 + 2 * 320
-    assert figures["weight_bytes"] == 4 * (4072 * 320 + 2 * layer + 320 + 64)
+    assert figures["weight_bytes"] == 4 * (4072 * 320 + 2 * layer + 320 + 64 + 320)
     assert ("bandwidth_gb_s" in figures) == (mode == "latency")

@@ -86,3 +86,25 @@ def test_truncated_gguf_is_a_clear_error(gguf_path: Path, tmp_path: Path, keep_b
         broken.write_bytes(src.read(keep_bytes))
     with pytest.raises(ValueError, match="truncated"):
         load(broken, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantized_chat_prompt_stays_right(gguf_path: Path, quantization: str) -> None:
+    env = {**os.environ, "MISTRAL_NEMO_HOME": str(gguf_path.parent.parent)}
+    result = subprocess.run(
+        [console_script("mistral-nemo"), "chat", "--prompt", "What is the capital of France?",
+         "--temperature", "0", "--quantization", quantization],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_quantized_load_shrinks_the_weights(gguf_path: Path) -> None:
+    from mistral_nemo.model.quant import weight_bytes
+
+    fp32 = load(gguf_path, dtype=torch.float32, device="cpu")
+    int8 = load(gguf_path, dtype=torch.float32, device="cpu", quantization="int8")
+    assert weight_bytes(int8.model) < weight_bytes(fp32.model) / 3
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        load(gguf_path, quantization="int3")

@@ -45,6 +45,7 @@ def load(
     path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load a Mistral folder, an HF folder or a GGUF file (None: the embedded model).
 
@@ -52,4 +53,4 @@ def load(
     """
     from mistral_nemo.model.loading import load as load_model
 
-    return load_model(path, dtype=dtype, device=device)
+    return load_model(path, dtype=dtype, device=device, quantization=quantization)

@@ -78,6 +78,7 @@ class LLM:
         *,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        quantization: str | None = None,
         **engine_options: Any,
     ) -> None:
         config = engine_config(**engine_options)
@@ -88,7 +89,12 @@ class LLM:
                 if dtype not in _DTYPES:
                     raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
                 dtype = _DTYPES[dtype]
-            self.loaded = load(model, dtype=dtype if isinstance(dtype, torch.dtype) else None, device=device)
+            self.loaded = load(
+                model,
+                dtype=dtype if isinstance(dtype, torch.dtype) else None,
+                device=device,
+                quantization=quantization,
+            )
         self.engine = LLMEngine(self.loaded, config)
         self._ids = itertools.count()
 

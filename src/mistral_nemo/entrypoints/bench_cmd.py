@@ -26,6 +26,7 @@ from mistral_nemo.entrypoints.model_options import (
     load_for_cli,
 )
 from mistral_nemo.model.loading import LoadedModel
+from mistral_nemo.model.quant import weight_bytes as weight_bytes_read
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -54,12 +55,13 @@ def run(args: argparse.Namespace) -> int:
         engine, prompts[:1], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
     )  # warm-up
     figures = _run_requests(engine, prompts, params)
-    weight_bytes = _weight_bytes(loaded)
+    weight_bytes = weight_bytes_read(loaded.model)
     result = {
         "bench": f"mistral-nemo-{args.mode}",
         "model": loaded.name,
         "format": loaded.format,
         "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "quantization": args.quantization,
         "device": str(loaded.model.device),
         "threads": torch.get_num_threads(),
         "batch": batch,
@@ -110,17 +112,3 @@ def _run_requests(engine: LLMEngine, prompts: list[list[int]], params: SamplingP
         "decode_tok_s": round(decode_tokens / decode_s, 2) if decode_s > 0 else 0.0,
         "output_tok_s": round(generated / (ended - started), 2),
     }
-
-
-def _weight_bytes(loaded: LoadedModel) -> int:
-    """Bytes of weights read per decode step (tied embeddings counted once; embeddings read one row)."""
-    seen: set[int] = set()
-    total = 0
-    for name, tensor in [*loaded.model.named_parameters(), *loaded.model.named_buffers()]:
-        if tensor.data_ptr() in seen or (
-            name.startswith("tok_embeddings") and not loaded.args.tied_embeddings
-        ):
-            continue
-        seen.add(tensor.data_ptr())
-        total += tensor.numel() * tensor.element_size()
-    return total

@@ -26,6 +26,12 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: by model size)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "int8", "int4"],
+        default="none",
+        help="weight-only quantization of the linear layers after loading (CPU; default none)",
+    )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +81,9 @@ def sampling_params(args: argparse.Namespace, **extra: object) -> SamplingParams
 
 def load_for_cli(args: argparse.Namespace) -> LoadedModel:
     started = time.perf_counter()
-    loaded = load(args.model, dtype=DTYPES.get(args.dtype or ""), device=args.device)
+    loaded = load(
+        args.model, dtype=DTYPES.get(args.dtype or ""), device=args.device, quantization=args.quantization
+    )
     print(
         f"Loaded {loaded.name} ({loaded.format}, {loaded.args.num_parameters() / 1e6:,.0f}M parameters) "
         f"in {time.perf_counter() - started:.1f}s",

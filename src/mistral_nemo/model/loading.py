@@ -57,12 +57,22 @@ def detect_format(path: Path) -> tuple[str, Path]:
     )
 
 
+QUANTIZATIONS = ("none", "int8", "int4")
+
+
 def load(
     path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
-    """Load a Mistral folder, an HF folder or a GGUF file; None loads the embedded default model."""
+    """Load a Mistral folder, an HF folder or a GGUF file; None loads the embedded default model.
+
+    quantization "int8" (per-channel) or "int4" (groups of 32, output projection in int8) replaces the
+    linear layers with weight-only quantized ones after loading (CPU kernels).
+    """
+    if (quantization or "none") not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     source = embedded_model_path() if path is None else Path(path).expanduser()
     kind, target = detect_format(source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -81,12 +91,28 @@ def load(
         name = _hf_name(target)
     dtype = dtype or _default_dtype(args, device)
     model = build_model(args, tensors, dtype=dtype, device=device)
+    if quantization in ("int8", "int4"):
+        _quantize(model, quantization)
     tokenizer = load_tokenizer(target)
     if tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(
             f"tokenizer has {tokenizer.vocab_size} ids but the model only {args.vocab_size}"
         )
     return LoadedModel(model=model, tokenizer=tokenizer, args=args, source=target, format=kind, name=name)
+
+
+def _quantize(model: Transformer, mode: str) -> None:
+    if model.device.type != "cpu":
+        raise ValueError(f"{mode} quantization has CPU kernels only; load with device='cpu'")
+    import numba
+
+    from mistral_nemo.model.quant import quantize_model
+
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # its own pool
+    if mode == "int4":  # groups of 32 with an int8 output keep small models' answers right (measured)
+        quantize_model(model, "int4", group_size=32, output_mode="int8")
+    else:
+        quantize_model(model, "int8")
 
 
 def _default_dtype(args: ModelArgs, device: torch.device) -> torch.dtype:
