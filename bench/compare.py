@@ -49,8 +49,8 @@ print(json.dumps({"prefill_s": prefill_s, "decode_s": decode_s, "version": versi
 """
 
 
-def ours(model: Path, prompt: list[int], gen_len: int) -> dict[str, float]:
-    loaded = load(model, dtype=torch.float32, device="cpu")
+def ours(model: Path, prompt: list[int], gen_len: int, quantization: str) -> dict[str, float]:
+    loaded = load(model, dtype=torch.float32, device="cpu", quantization=quantization)
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     generate(loaded.model, loaded.tokenizer, prompt[:32], params)  # warm-up
     prefill_s = min(
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=128)
     parser.add_argument("--llama-python", help="a Python with llama_cpp installed (default: auto)")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--quantization", choices=["none", "int8", "int4"], default="none", help="ours only")
     args = parser.parse_args()
     model = args.model or embedded_model_path()
     threads = torch.get_num_threads()
@@ -106,7 +107,7 @@ def main() -> None:
 
     figures: dict[str, dict[str, float]] = {}
     note("ours")
-    figures["ours"] = ours(model, prompt, args.gen_len)
+    figures["ours"] = ours(model, prompt, args.gen_len, args.quantization)
     python = llama_python(args.llama_python)
     llama_version = None
     if python is not None:
@@ -147,6 +148,7 @@ def main() -> None:
                 "threads": threads,
                 "prompt_len": args.prompt_len,
                 "gen_len": args.gen_len,
+                "ours_quantization": args.quantization,
                 "llama_cpp_version": llama_version,
                 "rates": rates,
                 "ratios": ratios,
