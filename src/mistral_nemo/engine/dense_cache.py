@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mistral_nemo.engine.paged_cache import decode_attention
 from mistral_nemo.model.args import ModelArgs
+from mistral_nemo.model.transformer import DecodeSlots
 
 
 class DenseKVCache:
@@ -32,6 +34,8 @@ class DenseKVCache:
             raise ValueError(f"KV cache holds {self.capacity} tokens; {end} needed")
         self.keys[layer, start:end] = k
         self.values[layer, start:end] = v
+        if new == 1 and (slots := self.decode_slots(1)) is not None:
+            return decode_attention(layer, q, slots)
         keys = self.keys[layer, :end].transpose(0, 1)
         values = self.values[layer, :end].transpose(0, 1)
         mask = None
@@ -40,6 +44,20 @@ class DenseKVCache:
             mask = slots[None, :] <= (start + torch.arange(new, device=q.device))[:, None]
         out = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask, enable_gqa=True)
         return out.transpose(0, 1)
+
+    def decode_slots(self, num_tokens: int) -> DecodeSlots | None:
+        """One new token at slot `length`, attending to slots 0..length (for a fused decoder)."""
+        if num_tokens != 1 or self.keys.dtype != torch.float32 or self.keys.device.type != "cpu":
+            return None
+        if self.length + 1 > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} tokens; {self.length + 1} needed")
+        return DecodeSlots(
+            self.keys,
+            self.values,
+            torch.tensor([self.length]),
+            torch.arange(self.length + 1)[None, :],
+            torch.tensor([self.length + 1]),
+        )
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mistral_nemo.model.args import ModelArgs
+from mistral_nemo.model.transformer import DecodeSlots
 
 
 @dataclass
@@ -42,6 +43,7 @@ class PagedKVCache:
         self.num_blocks, self.block_size = num_blocks, block_size
         self._slot_mapping: torch.Tensor | None = None
         self._seqs: list[SeqSlice] = []
+        self._decode: DecodeSlots | None = None
 
     @staticmethod
     def bytes_per_block(args: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
@@ -58,12 +60,31 @@ class PagedKVCache:
         device = self.keys.device
         self._slot_mapping = slot_mapping.to(device)
         self._seqs = [SeqSlice(s.query_start, s.query_len, s.context_slots.to(device)) for s in seqs]
+        self._decode = self._pure_decode() if seqs else None
+
+    def decode_slots(self, num_tokens: int) -> DecodeSlots | None:
+        """The step as slots when every sequence adds exactly one token (for a fused decoder)."""
+        assert self._slot_mapping is not None, "begin_step() must describe the batch first"
+        return self._decode if self._decode is not None and num_tokens == len(self._seqs) else None
+
+    def _pure_decode(self) -> DecodeSlots | None:
+        if self.keys.dtype != torch.float32 or self.keys.device.type != "cpu":
+            return None
+        if any(s.query_len != 1 or s.query_start != i for i, s in enumerate(self._seqs)):
+            return None
+        lens = torch.tensor([len(s.context_slots) for s in self._seqs])
+        ctx = torch.zeros(len(self._seqs), int(lens.max()), dtype=torch.long)
+        for row, s in zip(ctx, self._seqs, strict=True):
+            row[: len(s.context_slots)] = s.context_slots
+        return DecodeSlots(self.keys, self.values, self._slot_mapping, ctx, lens)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         assert self._slot_mapping is not None, "begin_step() must describe the batch first"
         layer_keys, layer_values = self.keys[layer], self.values[layer]
         layer_keys.index_copy_(0, self._slot_mapping, k)
         layer_values.index_copy_(0, self._slot_mapping, v)
+        if self._decode is not None:  # one query per sequence: every sequence in one kernel call
+            return decode_attention(layer, q, self._decode)
         out = torch.empty_like(q)
         for s in self._seqs:
             rows = slice(s.query_start, s.query_start + s.query_len)
@@ -71,6 +92,24 @@ class PagedKVCache:
             values = layer_values[s.context_slots].transpose(0, 1)
             out[rows] = _attend_one(q[rows].transpose(0, 1), keys, values).transpose(0, 1)
         return out
+
+
+def decode_attention(layer: int, q: torch.Tensor, slots: DecodeSlots) -> torch.Tensor:
+    """q [B, n_heads, head_dim], one query per sequence, over cached slots (new K/V already written)."""
+    from mistral_nemo.model.quant.decode_kernels import decode_attention as kernel  # numba: on demand
+
+    batch, n_heads, head_dim = q.shape
+    out = torch.empty(batch, n_heads * head_dim, dtype=torch.float32)
+    kernel(
+        q.reshape(batch, -1).contiguous().numpy(),
+        slots.keys[layer].numpy(),
+        slots.values[layer].numpy(),
+        slots.ctx_slots.numpy(),
+        slots.ctx_lens.numpy(),
+        n_heads,
+        out.numpy(),
+    )
+    return out.view(batch, n_heads, head_dim)
 
 
 def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ Conventions, chosen once; loaders convert to them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -26,6 +28,25 @@ class KVCache(Protocol):
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, n_heads, head_dim], k/v [T, n_kv_heads, head_dim] -> [T, n_heads, head_dim]."""
         ...
+
+
+@dataclass
+class DecodeSlots:
+    """A pure decode step (one new token per sequence) as cache slots, for a fused decoder.
+
+    A cache may offer `decode_slots(num_tokens) -> DecodeSlots | None`; None means "not a pure decode
+    step" (or a layout the fused path cannot read), and the model runs layer by layer.
+    """
+
+    keys: torch.Tensor  # [layers, slots, kv_heads, head_dim] float32, written in place
+    values: torch.Tensor
+    write_slots: torch.Tensor  # [B] int64: slot of each sequence's new token
+    ctx_slots: torch.Tensor  # [B, max_ctx] int64: slots of each whole context (new token included)
+    ctx_lens: torch.Tensor  # [B] int64
+
+
+# (h [B, dim], cos [B, 1, head_dim], sin, slots) -> h after every layer; see quant/fused_decode.py.
+FusedDecoderFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DecodeSlots], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -126,6 +147,7 @@ class Transformer(nn.Module):
         if args.tied_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.rotary = Rotary(args.head_dim, args.rope_theta)
+        self.fused_decoder: FusedDecoderFn | None = None  # set by FusedDecoder.attach
 
     @property
     def dtype(self) -> torch.dtype:
@@ -145,11 +167,21 @@ class Transformer(nn.Module):
         """tokens, positions: [T]. Returns logits [T, vocab] (or only for `output_rows`), in model dtype."""
         h = self.tok_embeddings(tokens)
         cos, sin = self.rotary.cos_sin(positions, h.dtype)
-        for layer in self.layers:
-            h = layer(h, cos, sin, cache)
+        slots = self._decode_slots(cache, tokens.shape[0])
+        if slots is not None:
+            h = self.fused_decoder(h, cos, sin, slots)
+        else:
+            for layer in self.layers:
+                h = layer(h, cos, sin, cache)
         if output_rows is not None:
             h = h[output_rows]
         return self.output(self.norm(h))
+
+    def _decode_slots(self, cache: KVCache | None, num_tokens: int) -> DecodeSlots | None:
+        if self.fused_decoder is None or cache is None:
+            return None
+        get = getattr(cache, "decode_slots", None)
+        return get(num_tokens) if get is not None else None
 
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""Numba kernels for a whole decode step of a quantized CPU model: every layer in one call.
+
+A decode step of a small model does little work per layer (SmolLM2: 3.5 MB of int8 weights), so
+per-operator dispatch dominated it: ~40 PyTorch and numba calls per layer cost more than reading the
+weights. Here the layer loop, RMSNorm, RoPE, the KV-cache write, attention over each sequence's cache
+slots, SwiGLU and the residuals all run inside one compiled function; only the GEMVs and attention
+start parallel regions. Arithmetic follows transformer.py in fp32 (same formulas; sums may be
+ordered differently, so results agree to float rounding, see tests/test_fused_decode.py).
+
+Linears are given as parallel lists indexed layer * 7 + j, j over LINEARS, each int8 (kind 0:
+`q8`, `scale`) or int4 (kind 1: `p4`, `scale`, `zero`); the unused arrays of a kind are empty.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from mistral_nemo.model.quant.kernels import group_sums, int4_matmul, int8_matmul
+
+LINEARS = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
+KIND_INT8, KIND_INT4 = 0, 1
+_OPTS = {"fastmath": True, "cache": True, "nogil": True}
+
+
+@njit(**_OPTS)
+def _linear(i, x, kinds, q8s, p4s, scales, zeros, n_out):
+    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+    if kinds[i] == KIND_INT8:
+        int8_matmul(x, q8s[i], scales[i], out)
+    else:
+        xsum = group_sums(x, scales[i].shape[1])
+        int4_matmul(x, xsum, p4s[i], scales[i], zeros[i], out)
+    return out
+
+
+@njit(**_OPTS)
+def _rms_norm(h, weight, eps):
+    out = np.empty_like(h)
+    dim = h.shape[1]
+    for t in range(h.shape[0]):
+        ss = np.float32(0.0)
+        for k in range(dim):
+            ss += h[t, k] * h[t, k]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(dim) + np.float32(eps))
+        for k in range(dim):
+            out[t, k] = h[t, k] * inv * weight[k]
+    return out
+
+
+@njit(**_OPTS)
+def _rope(x, n_heads, cos, sin):
+    """Rotate-half RoPE in place on x [T, n_heads * head_dim]; cos/sin [T, head_dim]."""
+    head_dim = cos.shape[1]
+    half = head_dim // 2
+    for t in range(x.shape[0]):
+        for h in range(n_heads):
+            base = h * head_dim
+            for d in range(half):
+                a = x[t, base + d]
+                b = x[t, base + half + d]
+                x[t, base + d] = a * cos[t, d] - b * sin[t, d]
+                x[t, base + half + d] = b * cos[t, half + d] + a * sin[t, half + d]
+
+
+@njit(parallel=True, **_OPTS)
+def decode_attention(q, keys, values, ctx_slots, ctx_lens, n_heads, out):
+    """out[b, h*D:(h+1)*D] = softmax(q_bh . K_b / sqrt(D)) V_b over the cache slots of sequence b.
+
+    q [B, n_heads * D]; keys / values [slots, n_kv_heads, D] (one layer's pool); ctx_slots [B, max_ctx]
+    (first ctx_lens[b] are used, oldest first). Grouped-query: head h reads kv head h // (n_heads / kv).
+    """
+    n_seq = q.shape[0]
+    n_kv, head_dim = keys.shape[1], keys.shape[2]
+    group = n_heads // n_kv
+    scale = np.float32(1.0 / math.sqrt(head_dim))
+    for bh in prange(n_seq * n_heads):
+        b = bh // n_heads
+        h = bh % n_heads
+        kv = h // group
+        n = ctx_lens[b]
+        qoff = h * head_dim
+        scores = np.empty(n, dtype=np.float32)
+        top = np.float32(-np.inf)
+        for j in range(n):
+            s = ctx_slots[b, j]
+            acc = np.float32(0.0)
+            for d in range(head_dim):
+                acc += q[b, qoff + d] * keys[s, kv, d]
+            acc *= scale
+            scores[j] = acc
+            top = max(top, acc)
+        total = np.float32(0.0)
+        for j in range(n):
+            e = np.exp(scores[j] - top)
+            scores[j] = e
+            total += e
+        acc_v = np.zeros(head_dim, dtype=np.float32)
+        for j in range(n):
+            s = ctx_slots[b, j]
+            w = scores[j]
+            for d in range(head_dim):
+                acc_v[d] += w * values[s, kv, d]
+        inv = np.float32(1.0) / total
+        for d in range(head_dim):
+            out[b, qoff + d] = acc_v[d] * inv
+
+
+@njit(**_OPTS)
+def decode_layers(
+    h, cos, sin, attn_norms, ffn_norms, eps, n_heads, n_kv_heads,
+    kinds, q8s, p4s, scales, zeros, out_dims,
+    keys, values, write_slots, ctx_slots, ctx_lens,
+):  # fmt: skip
+    """Run every layer for B new tokens (one per sequence): h [B, dim] in, hidden states out.
+
+    keys / values [layers, slots, n_kv_heads, head_dim]: the new tokens' K/V are written at
+    write_slots[b] before attention, so ctx_slots / ctx_lens include them.
+    """
+    n_layers = attn_norms.shape[0]
+    n_seq = h.shape[0]
+    head_dim = keys.shape[3]
+    h = h.copy()
+    for layer in range(n_layers):
+        i = layer * 7
+        x = _rms_norm(h, attn_norms[layer], eps)
+        q = _linear(i, x, kinds, q8s, p4s, scales, zeros, out_dims[i])
+        k = _linear(i + 1, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 1])
+        v = _linear(i + 2, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 2])
+        _rope(q, n_heads, cos, sin)
+        _rope(k, n_kv_heads, cos, sin)
+        for b in range(n_seq):
+            slot = write_slots[b]
+            for kvh in range(n_kv_heads):
+                for d in range(head_dim):
+                    keys[layer, slot, kvh, d] = k[b, kvh * head_dim + d]
+                    values[layer, slot, kvh, d] = v[b, kvh * head_dim + d]
+        attn = np.empty_like(q)
+        decode_attention(q, keys[layer], values[layer], ctx_slots, ctx_lens, n_heads, attn)
+        o = _linear(i + 3, attn, kinds, q8s, p4s, scales, zeros, out_dims[i + 3])
+        h += o
+        x = _rms_norm(h, ffn_norms[layer], eps)
+        gate = _linear(i + 4, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 4])
+        up = _linear(i + 5, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 5])
+        for t in range(n_seq):
+            for j in range(gate.shape[1]):
+                g = gate[t, j]
+                gate[t, j] = g / (np.float32(1.0) + np.exp(-g)) * up[t, j]
+        h += _linear(i + 6, gate, kinds, q8s, p4s, scales, zeros, out_dims[i + 6])
+    return h
