@@ -64,27 +64,46 @@ def group_sums(x: np.ndarray, n_groups: int) -> np.ndarray:
 def int4_matmul(
     x: np.ndarray, xsum: np.ndarray, packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, out: np.ndarray
 ) -> None:
-    """out[T, N] = x @ (scale * q + zero).T for nibble-packed q; xsum from group_sums."""
-    n_rows = packed.shape[0]
+    """out[T, N] = x @ (scale * q + zero).T for nibble-packed q; xsum from group_sums.
+
+    With byte b = lo + 16 hi: lo * xa + hi * xb = b * xa + hi * (xb - 16 xa), so the activations are
+    rearranged once per call (xa, xd, shared by all rows) and each byte costs one float conversion, one
+    truncation and two FMAs. Each row's group scales are spread over a per-thread buffer so the inner
+    loop runs the whole row: per-group loops of 16 bytes (groups of 32) are too short for LLVM to
+    vectorise (measured 1.25-1.35x faster than per-group sums, 1 thread, SmolLM2 and NeMo shapes).
+    """
+    n_rows, row_bytes = packed.shape
     n_groups = scale.shape[1]
-    half = packed.shape[1] // n_groups  # bytes per group = G / 2
     n_tok = x.shape[0]
-    for n in prange(n_rows):
-        for t in range(n_tok):
-            acc = np.float32(0.0)
+    half = row_bytes // n_groups  # bytes per group = G / 2
+    xa = np.empty((n_tok, row_bytes), dtype=np.float32)
+    xd = np.empty((n_tok, row_bytes), dtype=np.float32)
+    for t in range(n_tok):
+        for g in range(n_groups):
+            for j in range(half):
+                lo = x[t, 2 * g * half + j]
+                xa[t, g * half + j] = lo
+                xd[t, g * half + j] = x[t, 2 * g * half + half + j] - np.float32(16.0) * lo
+    rows_per_task = 64
+    for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
+        spread = np.empty(row_bytes, dtype=np.float32)
+        for n in range(task * rows_per_task, min(n_rows, (task + 1) * rows_per_task)):
             for g in range(n_groups):
-                pb = g * half
-                xb = 2 * pb
-                part = np.float32(0.0)
+                s = scale[n, g]
                 for j in range(half):
-                    # Nibbles by float ops (exact for 0..255): numba widens `b & 15` to int64, and
-                    # int64 -> float has no AVX2 instruction; this form vectorises (measured 1.7x).
-                    fb = np.float32(packed[n, pb + j])
+                    spread[g * half + j] = s
+            for t in range(n_tok):
+                acc = np.float32(0.0)
+                for k in range(row_bytes):
+                    fb = np.float32(packed[n, k])
+                    # floor by float ops (exact for 0..255): numba widens `b >> 4` to int64, and int64
+                    # -> float has no AVX2 instruction; this form vectorises
                     hi = np.floor(fb * np.float32(0.0625))
-                    lo = fb - np.float32(16.0) * hi
-                    part += lo * x[t, xb + j] + hi * x[t, xb + half + j]
-                acc += part * scale[n, g] + zero[n, g] * xsum[t, g]
-            out[t, n] = acc
+                    acc += (fb * xa[t, k] + hi * xd[t, k]) * spread[k]
+                zsum = np.float32(0.0)
+                for g in range(n_groups):
+                    zsum += zero[n, g] * xsum[t, g]
+                out[t, n] = acc + zsum
 
 
 @njit(**_OPTS)
