@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.weights import CheckpointError, interleaved_to_half, safetensors_keys
@@ -17,27 +18,79 @@ def read_mistral_args(folder: Path) -> ModelArgs:
     return ModelArgs.from_params_json(json.loads((folder / "params.json").read_text()))
 
 
-def iter_mistral_tensors(files: list[Path], args: ModelArgs) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors under our names (which are Mistral's), q/k rows converted to rotate-half."""
+def iter_mistral_tensors(
+    files: list[Path], args: ModelArgs, keep_fp8: bool = False
+) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
+    """Tensors under our names (which are Mistral's), q/k rows converted to rotate-half.
+
+    FP8 checkpoints store `<name>.weight` as float8_e4m3fn next to `<name>.qscale_weight` (w = fp8 x
+    qscale_weight; one number, or one per output row) and `<name>.qscale_act` (the static activation
+    scale: x_fp8 = x / qscale_act), as vLLM's Mistral loader reads them. keep_fp8=False dequantizes
+    to float32; keep_fp8=True yields each such weight as an Fp8Linear holding the fp8 bytes as they are.
+    """
+    scales = _fp8_scales(files)
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            keys = set(f.keys())
-            for name in sorted(keys):
-                if name.endswith((".qscale_weight", ".qscale_act")):
+            for name in sorted(f.keys()):
+                if name.endswith(_SCALE_SUFFIXES):
                     continue
                 tensor = f.get_tensor(name)
-                scale_name = name.removesuffix(".weight") + ".qscale_weight"
-                if scale_name in keys:  # FP8 checkpoint: weight = fp8 values x per-tensor scale
-                    tensor = tensor.float() * f.get_tensor(scale_name).float()
-                yield name, _to_rotate_half(name, tensor, args)
+                base = name.removesuffix(".weight")
+                w_scale = scales.get(base + ".qscale_weight") if name.endswith(".weight") else None
+                if w_scale is None:
+                    yield name, _to_rotate_half(name, tensor, args)
+                elif keep_fp8:
+                    yield name, _fp8_linear(name, tensor, w_scale, scales.get(base + ".qscale_act"), args)
+                else:
+                    dequantized = tensor.float() * _row_scale(name, tensor, w_scale)
+                    yield name, _to_rotate_half(name, dequantized, args)
+
+
+_SCALE_SUFFIXES = (".qscale_weight", ".qscale_act")
+
+
+def _fp8_scales(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every FP8 scale of the checkpoint (a few numbers per layer): a scale may sit in another shard."""
+    scales = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            scales.update({k: f.get_tensor(k) for k in sorted(f.keys()) if k.endswith(_SCALE_SUFFIXES)})
+    return scales
+
+
+def _row_scale(name: str, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """qscale_weight shaped to broadcast over the weight: per tensor [], per output row [out, 1]."""
+    if scale.numel() == 1:
+        return scale.float().reshape(())
+    if weight.dim() == 2 and scale.numel() == weight.shape[0]:
+        return scale.float().reshape(-1, 1)
+    raise CheckpointError(f"{name}: qscale_weight of shape {tuple(scale.shape)} is not per tensor or per row")
+
+
+def _fp8_linear(
+    name: str, weight: torch.Tensor, scale: torch.Tensor, act_scale: torch.Tensor | None, args: ModelArgs
+) -> nn.Module:
+    from mistral_nemo.model.quant.fp8 import Fp8Linear  # quant pulls in numba: only FP8 loads pay for it
+    from mistral_nemo.model.quant.quantize import rope_row_perm
+
+    if weight.dtype != torch.float8_e4m3fn:
+        raise CheckpointError(f"{name} has a qscale_weight but dtype {weight.dtype}, not float8_e4m3fn")
+    layer = Fp8Linear(weight, _row_scale(name, weight, scale).reshape(-1), act_scale)
+    heads = _rope_heads(name, args)
+    return layer.permute_rows(rope_row_perm(weight.shape[0], heads)) if heads else layer
+
+
+def _rope_heads(name: str, args: ModelArgs) -> int | None:
+    if name.endswith("attention.wq.weight"):
+        return args.n_heads
+    if name.endswith("attention.wk.weight"):
+        return args.n_kv_heads
+    return None
 
 
 def _to_rotate_half(name: str, tensor: torch.Tensor, args: ModelArgs) -> torch.Tensor:
-    if name.endswith("attention.wq.weight"):
-        return interleaved_to_half(tensor, args.n_heads)
-    if name.endswith("attention.wk.weight"):
-        return interleaved_to_half(tensor, args.n_kv_heads)
-    return tensor
+    heads = _rope_heads(name, args)
+    return interleaved_to_half(tensor, heads) if heads else tensor
 
 
 def mistral_weight_files(folder: Path) -> list[Path]:
