@@ -93,8 +93,13 @@ def _to_rotate_half(name: str, tensor: torch.Tensor, args: ModelArgs) -> torch.T
     return interleaved_to_half(tensor, heads) if heads else tensor
 
 
+def _has_mistral_names(keys: set[str]) -> bool:
+    return any(k == "tok_embeddings.weight" or k.startswith("layers.") for k in keys)
+
+
 def mistral_weight_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.glob("*.safetensors") if "tok_embeddings.weight" in safetensors_keys(p))
+    # Every shard holding Mistral names (consolidated-00001-of-00002... hold layers without the embedding).
+    files = sorted(p for p in folder.glob("*.safetensors") if _has_mistral_names(safetensors_keys(p)))
     if not files:
         raise CheckpointError(f"{folder} has params.json but no safetensors file with Mistral tensor names")
     return files
