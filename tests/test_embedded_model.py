@@ -30,7 +30,20 @@ def test_args_from_gguf_metadata(smollm2: LoadedModel) -> None:
     args = smollm2.args
     assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.head_dim) == (576, 30, 9, 3, 64)
     assert args.tied_embeddings and args.vocab_size == 49152 and args.rope_theta == 100000.0
-    assert smollm2.model.output.weight is smollm2.model.tok_embeddings.weight
+    # Loaded as the file is (quantization "auto"): the tied output reads the same Q8_0 blocks as the
+    # embedding, as a compact int8 layer; dequantized, the two are the same matrix.
+    from mistral_nemo.model.quant import Int4Linear, Int8Linear
+
+    model = smollm2.model
+    assert isinstance(model.output, Int8Linear) and model.output.group_size == 32
+    assert torch.equal(model.output.dequantize(), model.tok_embeddings.weight)
+    assert isinstance(model.layers[0].feed_forward.w2, Int4Linear)  # the file's Q4_1 blocks
+    assert model.fused_decoder is not None
+
+
+def test_float_load_ties_the_output_to_the_embedding(gguf_path: Path) -> None:
+    model = load(gguf_path, dtype=torch.float32, device="cpu", quantization="none").model
+    assert model.output.weight is model.tok_embeddings.weight
 
 
 def test_logits_equal_transformers_on_the_same_gguf(smollm2: LoadedModel, gguf_path: Path) -> None:
@@ -103,7 +116,7 @@ def test_quantized_chat_prompt_stays_right(gguf_path: Path, quantization: str) -
 def test_quantized_load_shrinks_the_weights(gguf_path: Path) -> None:
     from mistral_nemo.model.quant import weight_bytes
 
-    fp32 = load(gguf_path, dtype=torch.float32, device="cpu")
+    fp32 = load(gguf_path, dtype=torch.float32, device="cpu", quantization="none")
     int8 = load(gguf_path, dtype=torch.float32, device="cpu", quantization="int8")
     assert weight_bytes(int8.model) < weight_bytes(fp32.model) / 3
     with pytest.raises(ValueError, match="quantization must be one of"):

@@ -45,7 +45,7 @@ def load(
     path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    quantization: str | None = None,
+    quantization: str | None = "auto",
 ) -> LoadedModel:
     """Load a Mistral folder, an HF folder or a GGUF file (None: the embedded model).
 

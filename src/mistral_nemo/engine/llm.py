@@ -78,7 +78,7 @@ class LLM:
         *,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
-        quantization: str | None = None,
+        quantization: str | None = "auto",
         **engine_options: Any,
     ) -> None:
         config = engine_config(**engine_options)

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 
 from mistral_nemo import __version__
 from mistral_nemo.engine.errors import QueueFullError
-from mistral_nemo.entrypoints import bench_cmd, chat_cmd, download_cmd, generate_cmd, serve_cmd, tokenize_cmd
+from mistral_nemo.entrypoints import (
+    bench_cmd,
+    chat_cmd,
+    download_cmd,
+    generate_cmd,
+    quantize_cmd,
+    serve_cmd,
+    tokenize_cmd,
+)
 from mistral_nemo.model.embedded import EmbeddedModelError
 
 
@@ -18,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mistral-nemo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (chat_cmd, generate_cmd, serve_cmd, bench_cmd, download_cmd, tokenize_cmd):
+    for command in (chat_cmd, generate_cmd, serve_cmd, bench_cmd, download_cmd, quantize_cmd, tokenize_cmd):
         command.register(commands)
     return parser
 

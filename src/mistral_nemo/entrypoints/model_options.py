@@ -13,7 +13,7 @@ import torch
 from mistral_nemo.engine.config import EngineConfig, parse_size
 from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.model.loading import LoadedModel, load
+from mistral_nemo.model.loading import QUANTIZATIONS, LoadedModel, load
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -28,9 +28,11 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument(
         "--quantization",
-        choices=["none", "int8", "int4"],
-        default="none",
-        help="weight-only quantization of the linear layers after loading (CPU; default none)",
+        choices=list(QUANTIZATIONS),
+        default="auto",
+        help="linear layers: auto (default) keeps what the file has (GGUF blocks and FP8 stay quantized, "
+        "the rest float); none: all float; int8 / int4: weight-only quantization on load (CPU); "
+        "fp8: FP8 on load",
     )
 
 

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.embedded import embedded_model_path
 from mistral_nemo.model.load_gguf import is_gguf, iter_gguf_tensors, read_gguf_args
 from mistral_nemo.model.load_hf import hf_weight_files, iter_hf_tensors, read_hf_args
 from mistral_nemo.model.load_mistral import iter_mistral_tensors, mistral_weight_files, read_mistral_args
+from mistral_nemo.model.quant.checkpoint import (
+    is_quantized_checkpoint,
+    iter_quantized_tensors,
+    layer_classes,
+    read_metadata,
+)
+from mistral_nemo.model.quant.checkpoint import read_args as read_quantized_args
 from mistral_nemo.model.transformer import Transformer
-from mistral_nemo.model.weights import CheckpointError, build_model
+from mistral_nemo.model.weights import CheckpointError, build_model, drop_mapped_pages, private_file_maps
 from mistral_nemo.tokenizer import load_tokenizer
 from mistral_nemo.tokenizer.gguf_metadata import read_gguf_header
 
@@ -29,18 +38,33 @@ class LoadedModel:
     tokenizer: Any  # TekkenTokenizer or BpeTokenizer: the interface of mistral_nemo.tokenizer
     args: ModelArgs
     source: Path
-    format: str  # "mistral", "hf" or "gguf"
+    format: str  # "mistral", "hf", "gguf" or "quantized" (a folder written by `mistral-nemo quantize`)
     name: str
 
 
+@dataclass
+class CheckpointReader:
+    """A recognised checkpoint: its args and its tensors under our names, each linear already in the
+    form the quantization mode asks for (a float tensor or a compact module), read one at a time."""
+
+    format: str
+    target: Path
+    args: ModelArgs
+    tensors: Iterator[tuple[str, torch.Tensor | nn.Module]]
+    name: str
+    weight_files: list[Path]
+
+
 def detect_format(path: Path) -> tuple[str, Path]:
-    """("mistral" | "hf" | "gguf", the folder or file to read), from the contents."""
+    """("quantized" | "mistral" | "hf" | "gguf", the folder or file to read), from the contents."""
     if path.is_file():
         if is_gguf(path):
             return "gguf", path
         raise CheckpointError(f"{path} is not a model: expected a GGUF file or a model folder")
     if not path.is_dir():
         raise CheckpointError(f"model not found: {path}")
+    if is_quantized_checkpoint(path):  # before Mistral: it has params.json and safetensors too
+        return "quantized", path
     if (path / "params.json").is_file() and any(path.glob("*.safetensors")):
         mistral_weight_files(path)  # raises if the safetensors hold other names
         return "mistral", path
@@ -57,62 +81,129 @@ def detect_format(path: Path) -> tuple[str, Path]:
     )
 
 
-QUANTIZATIONS = ("none", "int8", "int4")
+QUANTIZATIONS = ("auto", "none", "int8", "int4", "fp8")
+_CPU_ONLY = ("Int8Linear", "Int4Linear")  # layers with CPU (numba) kernels only
 
 
 def load(
     path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    quantization: str | None = None,
+    quantization: str | None = "auto",
 ) -> LoadedModel:
-    """Load a Mistral folder, an HF folder or a GGUF file; None loads the embedded default model.
+    """Load a Mistral folder, an HF folder, a GGUF file or a quantized folder (None: the embedded model).
 
-    quantization "int8" (per-channel) or "int4" (groups of 32, output projection in int8) replaces the
-    linear layers with weight-only quantized ones after loading (CPU kernels).
+    quantization (None means "auto"), applied to each linear as it is read (peak memory: the compact
+    model plus one float tensor):
+    - "auto": keep what the file has: GGUF Q8_0 / Q4_0 / Q4_1 blocks load as int8 / int4 layers on CPU,
+      a Mistral FP8 checkpoint stays FP8, a quantized folder stays as written, the rest is float;
+    - "none": everything float (quantized files are dequantized);
+    - "int8" (per channel) / "int4" (groups of 32, output projection int8): CPU kernels only; layers the
+      file already holds in int8 / int4 are kept as they are;
+    - "fp8": Fp8Linear layers (per-channel scales).
+    Embedding and norms follow `dtype` (default: bfloat16 on GPU or above 2B parameters, else float32).
     """
-    if (quantization or "none") not in QUANTIZATIONS:
+    mode = quantization or "auto"
+    if mode not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     source = embedded_model_path() if path is None else Path(path).expanduser()
-    kind, target = detect_format(source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    reader = read_checkpoint(source, mode, device)
+    model = build_model(
+        reader.args, reader.tensors, dtype=dtype or _default_dtype(reader.args, device), device=device
+    )
+    if device.type == "cpu" and any(type(m).__name__ in _CPU_ONLY for m in model.modules()):
+        _size_numba_pool()
+        from mistral_nemo.model.quant.fused_decode import FusedDecoder
+
+        FusedDecoder.attach(model)  # decode steps in one numba call when every layer is int8 / int4
+    tokenizer = load_tokenizer(reader.target)
+    if tokenizer.vocab_size > reader.args.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {tokenizer.vocab_size} ids but the model only {reader.args.vocab_size}"
+        )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        args=reader.args,
+        source=reader.target,
+        format=reader.format,
+        name=reader.name,
+    )
+
+
+def read_checkpoint(source: Path, mode: str, device: torch.device) -> CheckpointReader:
+    """Recognise `source` and open its tensors for `mode` (see load); nothing is read until iterated."""
+    if mode in ("int8", "int4") and device.type != "cpu":
+        raise ValueError(f"{mode} quantization has CPU kernels only; load with device='cpu'")
+    kind, target = detect_format(source)
+    recorded = None
     if kind == "gguf":
         meta, infos = read_gguf_header(target)
         args = read_gguf_args(meta, infos)
-        tensors = iter_gguf_tensors(target, infos, args)
-        name = target.stem  # the file name: usable as a model id (general.name may hold spaces)
+        # Quantized blocks become compact layers on CPU (the kernels are CPU ones); float otherwise.
+        compact = device.type == "cpu" and mode in ("auto", "int8", "int4")
+        tensors = iter_gguf_tensors(target, infos, args, compact=compact)
+        name, files = target.stem, [target]  # a file name is usable as a model id (general.name: spaces)
     elif kind == "mistral":
         args = read_mistral_args(target)
-        tensors = iter_mistral_tensors(mistral_weight_files(target), args)
+        files = mistral_weight_files(target)
+        tensors = iter_mistral_tensors(files, args, keep_fp8=mode in ("auto", "fp8"))  # FP8 stays FP8
         name = target.name
-    else:
+    elif kind == "hf":
         args = read_hf_args(target)
-        tensors = iter_hf_tensors(hf_weight_files(target))
+        files = hf_weight_files(target)
+        tensors = iter_hf_tensors(files)
         name = _hf_name(target)
-    dtype = dtype or _default_dtype(args, device)
-    model = build_model(args, tensors, dtype=dtype, device=device)
-    if quantization in ("int8", "int4"):
-        _quantize(model, quantization)
-    tokenizer = load_tokenizer(target)
-    if tokenizer.vocab_size > args.vocab_size:
-        raise CheckpointError(
-            f"tokenizer has {tokenizer.vocab_size} ids but the model only {args.vocab_size}"
-        )
-    return LoadedModel(model=model, tokenizer=tokenizer, args=args, source=target, format=kind, name=name)
+    else:
+        args, recorded = read_quantized_args(target), (read_metadata(target) or {}).get("quantization")
+        if device.type != "cpu" and mode == "auto" and set(layer_classes(target).values()) & set(_CPU_ONLY):
+            raise ValueError(
+                f"{target} holds int8 / int4 layers, which have CPU kernels only; load it with "
+                "device='cpu', or with quantization 'fp8' or 'none'"
+            )
+        tensors = iter_quantized_tensors(target)
+        name, files = target.name, [target / "model.safetensors"]
+    if mode != "auto" or kind == "quantized":
+        from mistral_nemo.model.quant.quantize import QUANTIZED_MODES, quantize_on_load
+
+        # A tied output projection gets its own compact copy in a quantized mode (auto: the folder's).
+        tied = mode if mode in QUANTIZED_MODES else recorded if mode == "auto" else None
+        tied_output = tied if args.tied_embeddings and tied in QUANTIZED_MODES else None
+        tensors = quantize_on_load(tensors, mode, tied_output)  # type: ignore[arg-type]
+        if mode in QUANTIZED_MODES:
+            tensors = _dropping_read_pages(tensors, files)
+    return CheckpointReader(
+        format=kind, target=target, args=args, tensors=tensors, name=name, weight_files=files
+    )
 
 
-def _quantize(model: Transformer, mode: str) -> None:
-    if model.device.type != "cpu":
-        raise ValueError(f"{mode} quantization has CPU kernels only; load with device='cpu'")
+def _dropping_read_pages(
+    tensors: Iterator[tuple[str, torch.Tensor | nn.Module]], files: list[Path]
+) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
+    """After quantized linears, release the file pages their float weights were read from: peak RSS
+    stays near the compact model, not the file size (see drop_mapped_pages). Only maps opened by this
+    read are touched (not those of a model loaded earlier from the same file). Every 4M weights, not
+    every layer: reading /proc/self/maps costs milliseconds and small models have many small layers."""
+    earlier = private_file_maps(files)
+    pending = 0
+    for name, item in tensors:
+        yield name, item
+        if isinstance(item, nn.Module):
+            pending += item.in_features * item.out_features
+        if pending >= _DROP_EVERY:
+            drop_mapped_pages(private_file_maps(files) - earlier)
+            pending = 0
+    drop_mapped_pages(private_file_maps(files) - earlier)
+
+
+_DROP_EVERY = 1 << 22  # weights (16 MB of float32): the most float pages held beyond one tensor
+
+
+def _size_numba_pool() -> None:
     import numba
 
-    from mistral_nemo.model.quant import quantize_model
-
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # its own pool
-    if mode == "int4":  # groups of 32 with an int8 output keep small models' answers right (measured)
-        quantize_model(model, "int4", group_size=32, output_mode="int8")
-    else:
-        quantize_model(model, "int8")
 
 
 def _default_dtype(args: ModelArgs, device: torch.device) -> torch.dtype:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ctypes
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -32,6 +34,52 @@ def _check_linear_module(name: str, module: nn.Module, shape: tuple[int, ...]) -
     return module
 
 
+_MADV_DONTNEED = 4  # Linux
+
+
+def private_file_maps(files: Iterable[Path]) -> set[tuple[int, int]]:
+    """Address ranges of this process's private memory maps of `files` (Linux; empty elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    targets = {str(Path(f).resolve()) for f in files}
+    try:
+        with open("/proc/self/maps") as maps:
+            return {r for r in (_private_map_range(line, targets) for line in maps) if r is not None}
+    except OSError:
+        return set()
+
+
+def drop_mapped_pages(ranges: Iterable[tuple[int, int]]) -> None:
+    """Take the pages of these file maps out of this process's resident set (madvise DONTNEED).
+
+    safetensors maps a whole file and hands out views into it: the pages a quantized linear was read
+    from stay resident (and counted in RSS) while any view, such as the kept embedding, holds the
+    map. Only call this on maps whose views were never written (a loader's own, while it reads): their
+    pages are clean copies of the file, so a later read of a view faults them back from the page cache.
+    """
+    ranges = list(ranges)
+    if not ranges:
+        return
+    madvise = _libc_madvise()
+    for start, end in ranges:
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def _private_map_range(line: str, targets: set[str]) -> tuple[int, int] | None:
+    fields = line.rstrip("\n").split(maxsplit=5)  # address perms offset dev inode path
+    if len(fields) < 6 or fields[5] not in targets or not fields[1].endswith("p"):
+        return None
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    return start, end
+
+
+def _libc_madvise() -> Callable[..., int]:
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
 def interleaved_to_half(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder q/k rows from interleaved-pair RoPE (Mistral, GGUF) to rotate-half (ours, HF)."""
     rows, cols = weight.shape
@@ -49,17 +97,18 @@ def build_model(
 
     A loader may yield a compact linear module (a quantized layer: anything with `in_features` and
     `out_features`) under a linear's weight name instead of a tensor; it replaces that nn.Linear as is.
+    With tied embeddings a compact `output.weight` becomes the output projection and the embedding
+    stays float (a float `output.weight` is the tied copy and is skipped).
     """
     with torch.device("meta"):
         model = Transformer(args)
     expected = {name: p.shape for name, p in model.named_parameters()}
-    if args.tied_embeddings:
-        expected.pop("output.weight", None)
+    expected["output.weight"] = torch.Size((args.vocab_size, args.dim))  # named_parameters() skips tied ones
     state: dict[str, torch.Tensor] = {}
     replaced: dict[str, nn.Module] = {}
     for name, tensor in tensors:
-        if name == "output.weight" and args.tied_embeddings:
-            continue  # some exports write the tied copy too
+        if name == "output.weight" and args.tied_embeddings and not isinstance(tensor, nn.Module):
+            continue  # some exports write the tied copy too; a compact output unties it (quantized copy)
         if name not in expected:
             raise CheckpointError(f"unexpected tensor {name!r} in checkpoint")
         if isinstance(tensor, nn.Module):
@@ -70,6 +119,8 @@ def build_model(
                 f"tensor {name!r} has shape {tuple(tensor.shape)}; the config implies {tuple(expected[name])}"
             )
         state[name] = tensor.to(device=device, dtype=dtype)
+    if args.tied_embeddings:
+        expected.pop("output.weight")
     missing = sorted(set(expected) - set(state) - set(replaced))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -77,7 +128,7 @@ def build_model(
     for name, module in replaced.items():
         parent, _, child = name.removesuffix(".weight").rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, module.to(device))
-    if args.tied_embeddings and "tok_embeddings.weight" in state:
+    if args.tied_embeddings and "tok_embeddings.weight" in state and "output.weight" not in replaced:
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(state, assign=True, strict=False)
     if args.tied_embeddings and isinstance(model.output, nn.Linear):
