@@ -129,3 +129,17 @@ def test_batched_engine_decodes_through_the_fused_step(smollm2_int8: LoadedModel
         model.fused_decoder = None
     assert fused == layered
     assert max(counter.batch_sizes) == len(prompts)  # several sequences in one fused step
+
+
+def test_replacing_a_layer_after_attach_is_an_error_not_a_stale_answer(smollm2_int8: LoadedModel) -> None:
+    model = smollm2_int8.model
+    FusedDecoder.attach(model)
+    saved = model.layers[2].attention.wv
+    model.layers[2].attention.wv = type(saved)(saved.qweight.clone(), saved.scale.clone())
+    cache = DenseKVCache(model.args, 8, dtype=torch.float32)
+    try:
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="attach again"):
+            model(torch.tensor([1000]), torch.tensor([0]), cache)
+    finally:
+        model.layers[2].attention.wv = saved
+        model.fused_decoder = None

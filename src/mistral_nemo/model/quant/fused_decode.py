@@ -32,6 +32,8 @@ class FusedDecoder:
         empty_u8 = np.empty((0, 0), dtype=np.uint8)
         empty_f32 = np.empty((0, 0), dtype=np.float32)
         kinds, out_dims = [], []
+        self._blocks = list(model.layers)
+        self._linears = [_linear_of(block, name) for block in model.layers for name in LINEARS]
         self._q8s, self._p4s, self._scales, self._zeros = List(), List(), List(), List()
         for block in model.layers:
             for name in LINEARS:
@@ -52,6 +54,11 @@ class FusedDecoder:
         self._out_dims = np.array(out_dims, dtype=np.int64)
         self._attn_norms = torch.stack([b.attention_norm.weight.float() for b in model.layers]).numpy()
         self._ffn_norms = torch.stack([b.ffn_norm.weight.float() for b in model.layers]).numpy()
+
+    def _current(self) -> bool:
+        """Whether the model still holds the layers whose arrays were gathered (a cheap identity check)."""
+        linears = (_linear_of(block, name) for block in self._blocks for name in LINEARS)
+        return all(a is b for a, b in zip(linears, self._linears, strict=True))
 
     @staticmethod
     def supports(model: Transformer) -> bool:
@@ -74,6 +81,8 @@ class FusedDecoder:
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: DecodeSlots
     ) -> torch.Tensor:
         """h [B, dim] float32 -> hidden states after every layer; K/V of the new tokens are cached."""
+        if not self._current():
+            raise RuntimeError("the model's layers changed after FusedDecoder.attach(model); attach again")
         out = decode_kernels.decode_layers(
             h.contiguous().numpy(),
             cos.reshape(h.shape[0], -1).contiguous().numpy(),
