@@ -1,8 +1,10 @@
-"""Decode at batch 1 and prefill of a long prompt: this project vs llama.cpp vs transformers, one run.
+"""Decode at batch 1, prefill of a long prompt and the throughput of 16 concurrent requests: this
+project vs llama.cpp vs transformers, in one run.
 
 Same GGUF (the embedded SmolLM2-135M-Instruct Q4_1 unless --model), same prompt tokens, same
-thread count. Prints one JSON line with each figure and the ratios. Aggregate throughput of 16
-concurrent requests is `bench/throughput.py`.
+thread count. Prints one JSON line with each figure and the ratios. Throughput: our engine runs the
+16 chat prompts of bench/throughput.py together (continuous batching); llama-cpp-python, which has
+no batching, runs them one after the other, as its users do.
 
     .venv/bin/python bench/compare.py [--model FILE.gguf] [--prompt-len 512] [--gen-len 128]
 """
@@ -20,12 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import llama_python, note
+from throughput import QUESTIONS, llama_python, note, time_llama_cpp, time_ours
 
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.embedded import embedded_model_path
-from mistral_nemo.model.loading import load
+from mistral_nemo.model.loading import QUANTIZATIONS, LoadedModel, load
+from mistral_nemo.model.quant import weight_bytes
 
 LLAMA_SCRIPT = r"""
 import json, sys, time
@@ -49,8 +52,7 @@ print(json.dumps({"prefill_s": prefill_s, "decode_s": decode_s, "version": versi
 """
 
 
-def ours(model: Path, prompt: list[int], gen_len: int, quantization: str) -> dict[str, float]:
-    loaded = load(model, dtype=torch.float32, device="cpu", quantization=quantization)
+def ours(loaded: LoadedModel, prompt: list[int], gen_len: int) -> dict[str, float]:
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     generate(loaded.model, loaded.tokenizer, prompt[:32], params)  # warm-up
     prefill_s = min(
@@ -96,18 +98,30 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=128)
     parser.add_argument("--llama-python", help="a Python with llama_cpp installed (default: auto)")
     parser.add_argument("--skip-transformers", action="store_true")
-    parser.add_argument("--quantization", choices=["none", "int8", "int4"], default="none", help="ours only")
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS, default=QUANTIZATIONS[0], help="ours only (default: first)"
+    )
+    parser.add_argument("--requests", type=int, default=16, help="concurrent requests (0: skip)")
+    parser.add_argument("--request-tokens", type=int, default=64, help="tokens each request generates")
     args = parser.parse_args()
     model = args.model or embedded_model_path()
     threads = torch.get_num_threads()
-    vocab = load(model, dtype=torch.float32, device="cpu").args.vocab_size
+    loaded = load(model, dtype=torch.float32, device="cpu", quantization=args.quantization)
     prompt = torch.randint(
-        100, vocab, (args.prompt_len,), generator=torch.Generator().manual_seed(0)
+        100, loaded.args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(0)
     ).tolist()
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
+    chats = [loaded.tokenizer.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    per_request = SamplingParams(max_tokens=args.request_tokens, temperature=0, ignore_eos=True)
+    throughput: dict[str, float] = {}
 
     figures: dict[str, dict[str, float]] = {}
     note("ours")
-    figures["ours"] = ours(model, prompt, args.gen_len, args.quantization)
+    figures["ours"] = ours(loaded, prompt, args.gen_len)
+    if chats:
+        time_ours(loaded, chats[:2], SamplingParams(max_tokens=4, temperature=0), batched=True)  # warm-up
+        seconds, _ = time_ours(loaded, chats, per_request, batched=True)
+        throughput["ours_batched"] = len(chats) * args.request_tokens / seconds
     python = llama_python(args.llama_python)
     llama_version = None
     if python is not None:
@@ -122,6 +136,9 @@ def main() -> None:
             figures["llama_cpp"] = result
         else:
             note(f"llama.cpp failed: {proc.stderr.strip()[-300:]}")
+        if chats:
+            result = time_llama_cpp(python, model, chats, args.request_tokens, threads)
+            throughput["llama_cpp_one_by_one"] = len(chats) * args.request_tokens / result["seconds"]
     if not args.skip_transformers:
         note("transformers")
         figures["transformers"] = transformers_figures(model, prompt, args.gen_len)
@@ -139,6 +156,10 @@ def main() -> None:
         if other != "ours"
         for kind in ("prefill_tok_s", "decode_tok_s")
     }
+    if len(throughput) == 2:
+        ratios["throughput_vs_llama_cpp"] = round(
+            throughput["ours_batched"] / throughput["llama_cpp_one_by_one"], 3
+        )
     print(
         json.dumps(
             {
@@ -149,6 +170,11 @@ def main() -> None:
                 "prompt_len": args.prompt_len,
                 "gen_len": args.gen_len,
                 "ours_quantization": args.quantization,
+                "ours_fused_decode": loaded.model.fused_decoder is not None,
+                "ours_weight_bytes": weight_bytes(loaded.model),
+                "requests": args.requests,
+                "request_tokens": args.request_tokens,
+                "throughput_tok_s": {k: round(v, 2) for k, v in throughput.items()},
                 "llama_cpp_version": llama_version,
                 "rates": rates,
                 "ratios": ratios,

@@ -26,7 +26,8 @@ import torch
 from mistral_nemo.engine.llm import LLM
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.embedded import embedded_model_path
-from mistral_nemo.model.loading import LoadedModel, load
+from mistral_nemo.model.loading import QUANTIZATIONS, LoadedModel, load
+from mistral_nemo.model.quant import weight_bytes
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -142,18 +143,20 @@ def main() -> None:
     parser.add_argument("--llama-python", help="a Python with llama_cpp (default: $LLAMA_CPP_PYTHON, ...)")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS, default=QUANTIZATIONS[0], help="ours only (default: first)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     model_path = args.model or embedded_model_path()
-    loaded = load(model_path, dtype=torch.float32, device="cpu")
+    loaded = load(model_path, dtype=torch.float32, device="cpu", quantization=args.quantization)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.n)]
     prompts = [loaded.tokenizer.encode_chat([{"role": "user", "content": q}]) for q in questions]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     total = args.n * args.max_tokens
-    unique = {t.data_ptr(): t for t in loaded.model.state_dict().values()}  # tied embeddings count once
-    weight_bytes = sum(t.numel() * t.element_size() for t in unique.values())
+    read_per_token = weight_bytes(loaded.model)  # what one decode step reads (tied weights once)
 
     time_ours(loaded, prompts[:2], SamplingParams(max_tokens=4, temperature=0), batched=True)  # warm-up
     record: dict[str, Any] = {
@@ -168,7 +171,9 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "ours_dtype": str(loaded.model.dtype).removeprefix("torch."),
-        "ours_weight_bytes": weight_bytes,
+        "ours_quantization": args.quantization,
+        "ours_fused_decode": loaded.model.fused_decoder is not None,
+        "ours_weight_bytes": read_per_token,
     }
     tok_s: dict[str, float] = {}
     seconds, batched_tokens = time_ours(loaded, prompts, params, batched=True)
@@ -179,7 +184,7 @@ def main() -> None:
     note(f"one by one: {tok_s['one_by_one']:.1f} tok/s")
     record["batched_equals_one_by_one"] = agreement(batched_tokens, single_tokens, first=args.max_tokens)
     # Decode is memory-bound: one request at a time reads every weight once per token.
-    record["one_by_one_weight_GBps"] = round(weight_bytes * tok_s["one_by_one"] / 1e9, 2)
+    record["one_by_one_weight_GBps"] = round(read_per_token * tok_s["one_by_one"] / 1e9, 2)
 
     python = None if args.skip_llama_cpp else llama_python(args.llama_python)
     if python is None:
