@@ -116,9 +116,15 @@ def test_modes_on_a_quantized_folder(int8_folder: Path, mistral_folder: Path) ->
     assert torch.equal(
         floats.model.layers[1].attention.wk.weight, compact.model.layers[1].attention.wk.dequantize()
     )
-    # int4 asked of an int8 file keeps its int8 layers (no second rounding)
-    kept = load(int8_folder, dtype=torch.float32, device="cpu", quantization="int4")
+    # int8 asked of an int8 file keeps its layers (no second rounding); int4 asked turns the body into
+    # int4 and keeps the int8 output projection
+    kept = load(int8_folder, dtype=torch.float32, device="cpu", quantization="int8")
     assert set(layer_types(kept).values()) == {"Int8Linear"}
+    wk = kept.model.layers[1].attention.wk
+    assert torch.equal(wk.qweight, compact.model.layers[1].attention.wk.qweight)
+    smaller = load(int8_folder, dtype=torch.float32, device="cpu", quantization="int4")
+    types = layer_types(smaller)
+    assert types.pop("output") == "Int8Linear" and set(types.values()) == {"Int4Linear"}
     assert set(layer_types(load(mistral_folder, device="cpu")).values()) == {"Linear"}  # auto: float stays
     with pytest.raises(ValueError, match="CPU kernels only"):
         load(int8_folder, device="meta")

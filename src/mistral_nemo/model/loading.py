@@ -99,7 +99,7 @@ def load(
       a Mistral FP8 checkpoint stays FP8, a quantized folder stays as written, the rest is float;
     - "none": everything float (quantized files are dequantized);
     - "int8" (per channel) / "int4" (groups of 32, output projection int8): CPU kernels only; layers the
-      file already holds in int8 / int4 are kept as they are;
+      file already holds in the asked form are kept as they are (int8: every layer int8; int4: body int4);
     - "fp8": Fp8Linear layers (per-channel scales).
     Embedding and norms follow `dtype` (default: bfloat16 on GPU or above 2B parameters, else float32).
     """

@@ -133,8 +133,9 @@ def quantize_on_load(
     """A loader's tensors with each linear converted as it arrives (peak: compact model + one tensor).
 
     auto keeps what the loader gives (float or compact); none dequantizes compact layers to float;
-    int8 / int4 / fp8 quantize float linears, keep compact layers already in that family (int8 and
-    int4 layers for int8 / int4: no second rounding of GGUF blocks) and requantize the others.
+    int8 / int4 / fp8 quantize float linears, keep compact layers already in the asked form (no second
+    rounding of GGUF blocks) and requantize the others: int8 asks every layer in int8 (the fast
+    decode kernel); int4 asks int4 for the body and takes the output projection in int8 or int4.
     tied_output: with tied embeddings, the mode of the output projection's own compact copy: the
     file's compact copy if it has one (GGUF: the embedding's blocks), else made from the embedding at
     the end (None: the output stays tied to the float embedding). A float tied copy is dropped.
@@ -160,7 +161,7 @@ def _convert_linear(name: str, item: torch.Tensor | nn.Module, mode: str) -> tor
     compact = isinstance(item, nn.Module)
     if mode == "auto" or (mode == "none" and not compact):
         return item
-    if compact and mode != "none" and isinstance(item, _family(mode)):
+    if compact and mode != "none" and isinstance(item, _kept_classes(mode, name == "output.weight")):
         return item
     weight = item.dequantize() if compact else item  # type: ignore[operator]
     if mode == "none":
@@ -168,8 +169,12 @@ def _convert_linear(name: str, item: torch.Tensor | nn.Module, mode: str) -> tor
     return quantize_weight(weight, mode, is_output=name == "output.weight")
 
 
-def _family(mode: str) -> tuple[type, ...]:
-    return (_fp8_class(),) if mode == "fp8" else (Int8Linear, Int4Linear)
+def _kept_classes(mode: str, is_output: bool) -> tuple[type, ...]:
+    if mode == "fp8":
+        return (_fp8_class(),)
+    if mode == "int4":  # the output keeps more bits if the file gave it more (llama.cpp's Q4 files do)
+        return (Int8Linear, Int4Linear) if is_output else (Int4Linear,)
+    return (Int8Linear,)
 
 
 def _fp8_class() -> type:
