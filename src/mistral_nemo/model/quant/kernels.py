@@ -20,15 +20,21 @@ import numpy as np
 from numba import njit, prange
 
 _OPTS = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
+_SERIAL = {"fastmath": True, "cache": True, "nogil": True}  # dispatchers and helpers: no loop of their own
+
+
+@njit(**_SERIAL)
+def int8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[T, N] = x[T, K] @ (scale * q).T, rows in parallel (GEMV at one token, else a small GEMM)."""
+    if x.shape[0] == 1:
+        _int8_gemv(x, q, scale, out)
+    else:
+        _int8_small_gemm(x, q, scale, out)
 
 
 @njit(**_OPTS)
-def int8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
-    """out[T, N] = x[T, K] @ (scale * q).T, rows in parallel.
-
-    Tokens loop inside the row loop: a weight row (a few KiB) comes from DRAM once and stays in L1/L2
-    for the other tokens. Scalars only in the loop (no per-row scratch allocation).
-    """
+def _int8_gemv(x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """One token: each weight byte is converted and used once; scalars only in the loop."""
     n_rows, k_dim = q.shape
     n_groups = scale.shape[1]
     gsize = k_dim // n_groups
@@ -42,6 +48,56 @@ def int8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray
                     part += np.float32(q[n, base + k]) * x[t, base + k]
                 acc += part * scale[n, g]
             out[t, n] = acc
+
+
+_ROWS_PER_TASK = 16  # rows per parallel task in the small GEMMs (each task reuses one scratch row)
+
+
+@njit(**_OPTS)
+def _int8_small_gemm(x: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """Several tokens: dequantize each weight row once into an L1 scratch row, then dot it with every
+    token (converting the bytes once per row instead of once per token: 1.1-1.8x at 4-16 tokens)."""
+    n_rows, k_dim = q.shape
+    n_groups = scale.shape[1]
+    gsize = k_dim // n_groups
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        w = np.empty(k_dim, dtype=np.float32)
+        for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            for g in range(n_groups):
+                s = scale[n, g]
+                base = g * gsize
+                for k in range(gsize):
+                    w[base + k] = np.float32(q[n, base + k]) * s
+            _dot_tokens(w, x, out, n)
+
+
+@njit(**_SERIAL)
+def _dot_tokens(w: np.ndarray, x: np.ndarray, out: np.ndarray, n: int) -> None:
+    """out[t, n] = w . x[t] for every token, four tokens per pass (each w[k] loaded once for four)."""
+    n_tok, k_dim = x.shape
+    t = 0
+    while t + 4 <= n_tok:
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for k in range(k_dim):
+            wk = w[k]
+            a0 += wk * x[t, k]
+            a1 += wk * x[t + 1, k]
+            a2 += wk * x[t + 2, k]
+            a3 += wk * x[t + 3, k]
+        out[t, n] = a0
+        out[t + 1, n] = a1
+        out[t + 2, n] = a2
+        out[t + 3, n] = a3
+        t += 4
+    while t < n_tok:
+        acc = np.float32(0.0)
+        for k in range(k_dim):
+            acc += w[k] * x[t, k]
+        out[t, n] = acc
+        t += 1
 
 
 @njit(**_OPTS)
@@ -60,11 +116,45 @@ def group_sums(x: np.ndarray, n_groups: int) -> np.ndarray:
     return sums
 
 
-@njit(**_OPTS)
+@njit(**_SERIAL)
 def int4_matmul(
     x: np.ndarray, xsum: np.ndarray, packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, out: np.ndarray
 ) -> None:
-    """out[T, N] = x @ (scale * q + zero).T for nibble-packed q; xsum from group_sums.
+    """out[T, N] = x @ (scale * q + zero).T for nibble-packed q; xsum from group_sums (GEMV only)."""
+    if x.shape[0] == 1:
+        _int4_gemv(x, xsum, packed, scale, zero, out)
+    else:
+        _int4_small_gemm(x, packed, scale, zero, out)
+
+
+@njit(**_OPTS)
+def _int4_small_gemm(
+    x: np.ndarray, packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, out: np.ndarray
+) -> None:
+    """Several tokens: dequantize each row once into an L1 scratch row, then dot it with every token."""
+    n_rows, row_bytes = packed.shape
+    n_groups = scale.shape[1]
+    half = row_bytes // n_groups
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        w = np.empty(2 * row_bytes, dtype=np.float32)
+        for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            for g in range(n_groups):
+                s = scale[n, g]
+                z = zero[n, g]
+                pb = g * half
+                for j in range(half):
+                    fb = np.float32(packed[n, pb + j])
+                    hi = np.floor(fb * np.float32(0.0625))
+                    w[2 * pb + j] = (fb - np.float32(16.0) * hi) * s + z
+                    w[2 * pb + half + j] = hi * s + z
+            _dot_tokens(w, x, out, n)
+
+
+@njit(**_OPTS)
+def _int4_gemv(
+    x: np.ndarray, xsum: np.ndarray, packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, out: np.ndarray
+) -> None:
+    """One token.
 
     With byte b = lo + 16 hi: lo * xa + hi * xb = b * xa + hi * (xb - 16 xa), so the activations are
     rearranged once per call (xa, xd, shared by all rows) and each byte costs one float conversion, one
