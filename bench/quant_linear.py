@@ -75,7 +75,7 @@ def bench_decode(gen_tokens: int) -> dict:
     params = SamplingParams(max_tokens=gen_tokens, temperature=0, ignore_eos=True)
     out: dict = {}
     for mode in ("fp32", "int8", "int4"):
-        loaded = load(path, dtype=torch.float32, device="cpu")
+        loaded = load(path, dtype=torch.float32, device="cpu", quantization="none")
         model = loaded.model
         if mode != "fp32":
             model = quantize_model(model, mode, group_size=32, output_mode="int8")
