@@ -11,6 +11,8 @@ Activations of any float dtype are computed in fp32 and returned in their dtype.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
@@ -52,10 +54,57 @@ def _gguf_blocks(raw: object, qtype: int | str, shape: tuple[int, int], expect: 
     return arr.reshape(n_blocks, per_block)
 
 
-def _f16_field(blocks: np.ndarray, off: int, rows: int) -> torch.Tensor:
-    """The fp16 field at byte `off` of every block, as float32 [rows, blocks_per_row] (exact)."""
-    vals = np.ascontiguousarray(blocks[:, off : off + 2]).view(np.float16).astype(np.float32)
-    return torch.from_numpy(vals.reshape(rows, -1))
+def f16_field(blocks: np.ndarray, off: int) -> np.ndarray:
+    """The fp16 field at byte `off` of every block, as a strided float16 view [n] (no copy).
+
+    Through a uint16 view of the blocks: one strided pass, about 3x faster than copying byte pairs out
+    (5120x14336 Q8_0: 7.9 vs 33 ms, measured); numpy allows the view at any byte alignment.
+    """
+    return blocks.view(np.uint16)[:, off // 2].view(np.float16)
+
+
+def put_rows(out: np.ndarray, rows: slice | np.ndarray, src: np.ndarray) -> None:
+    """out[rows] = src (casting): torch's strided copy on a slice of rows, numpy's for an index array.
+
+    Measured on 16 MB of Q8_0 blocks (2 cores): int8 out of 34-byte blocks, torch 1.2 ms vs numpy 3.7;
+    into permuted rows, numpy 4.9 ms vs torch 9.3 (index_copy_ 14).
+    """
+    if isinstance(rows, np.ndarray):
+        out[rows] = src
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only source (bytes, a map): only read here
+        torch.from_numpy(out[rows]).copy_(torch.from_numpy(src))
+
+
+def put_q8_0_rows(
+    blocks: np.ndarray, rows: slice | np.ndarray, qweight: np.ndarray, scale: np.ndarray
+) -> None:
+    """Q8_0 blocks of whole rows (fp16 d + 32 int8 each) -> qweight[rows] (int8) and scale[rows] (fp32).
+
+    `rows` are the destination rows of the blocks' rows in order (a slice, or indices to permute them).
+    """
+    per_row = scale.shape[1]
+    put_rows(qweight.reshape(-1, per_row, 32), rows, blocks[:, 2:].view(np.int8).reshape(-1, per_row, 32))
+    put_rows(scale, rows, f16_field(blocks, 0).reshape(-1, per_row))
+
+
+def put_q4_rows(
+    blocks: np.ndarray,
+    rows: slice | np.ndarray,
+    packed: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    q4_1: bool,
+) -> None:
+    """Q4_0 (d, nibbles: w = d(q - 8)) or Q4_1 (d, m, nibbles: w = dq + m) blocks of whole rows -> rows of
+    Int4Linear's packed / scale / zero (G = 32; the nibble order is ours already). Exact."""
+    per_row = scale.shape[1]
+    put_rows(packed.reshape(-1, per_row, 16), rows, blocks[:, -16:].reshape(-1, per_row, 16))
+    d = f16_field(blocks, 0).astype(np.float32).reshape(-1, per_row)
+    put_rows(scale, rows, d)
+    # Q4_0: exact, fp16 d times a power of two.
+    put_rows(zero, rows, f16_field(blocks, 2).reshape(-1, per_row) if q4_1 else d * np.float32(-8.0))
 
 
 class _QuantLinear(nn.Module):
@@ -148,8 +197,9 @@ class Int8Linear(_QuantLinear):
         """Q8_0 blocks (fp16 d + 32 int8) -> exact block-scaled int8 (G = 32), no fp32 copy."""
         blocks = _gguf_blocks(raw, qtype, shape, QT.Q8_0)
         rows, cols = shape
-        q = torch.from_numpy(np.ascontiguousarray(blocks[:, 2:]).view(np.int8).reshape(rows, cols))
-        return cls(q, _f16_field(blocks, 0, rows))
+        layer = cls(torch.empty(rows, cols, dtype=torch.int8), torch.empty(rows, cols // 32))
+        put_q8_0_rows(blocks, slice(None), layer.qweight.numpy(), layer.scale.numpy())
+        return layer
 
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
         kernels.int8_matmul(x, self.qweight.numpy(), self.scale.numpy(), out)
@@ -210,11 +260,14 @@ class Int4Linear(_QuantLinear):
         q4_1 = (QT[qtype.upper()] if isinstance(qtype, str) else QT(int(qtype))) == QT.Q4_1
         blocks = _gguf_blocks(raw, qtype, shape, QT.Q4_1 if q4_1 else QT.Q4_0)
         rows, cols = shape
-        off = 4 if q4_1 else 2
-        packed = torch.from_numpy(np.ascontiguousarray(blocks[:, off:]).reshape(rows, cols // 2))
-        d = _f16_field(blocks, 0, rows)
-        zero = _f16_field(blocks, 2, rows) if q4_1 else d * -8.0  # exact: fp16 d times a power of two
-        return cls(packed, d, zero)
+        groups = cols // 32
+        layer = cls(
+            torch.empty(rows, cols // 2, dtype=torch.uint8),
+            torch.empty(rows, groups),
+            torch.empty(rows, groups),
+        )
+        put_q4_rows(blocks, slice(None), layer.packed.numpy(), layer.scale.numpy(), layer.zero.numpy(), q4_1)
+        return layer
 
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
         s = self.scale.numpy()
