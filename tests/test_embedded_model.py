@@ -12,6 +12,7 @@ import torch
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
+from tests.activation_reference import assert_logits_agree_to_quantization_noise
 from tests.conftest import console_script
 from tests.gguf_fixture import smollm2_gguf_path
 
@@ -57,7 +58,9 @@ def test_logits_equal_transformers_on_the_same_gguf(smollm2: LoadedModel, gguf_p
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor([ids])).logits[0].float()
     ours = smollm2.model.logits(torch.tensor(ids))
-    assert (ours - expected).abs().max().item() <= 2e-4
+    # The same weights (transformers dequantizes the file to fp32); our compact layers round their
+    # activations to int16 per block of 32, which moves logits by ~3e-4 of their range (float: 2e-4 abs).
+    assert_logits_agree_to_quantization_noise(ours, expected)
     assert torch.equal(ours.argmax(-1), expected.argmax(-1))
 
 

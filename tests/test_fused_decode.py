@@ -1,5 +1,6 @@
 """The fused decode step (all layers in one numba call) equals the layer-by-layer model it replaces:
-same logits to float rounding, same K/V written to the cache, same greedy tokens in the batched engine."""
+the first layer's K/V to float rounding, the logits and cache to quantization noise, the same greedy
+tokens in the batched engine."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
 from mistral_nemo.model.quant import Int4Linear, quantize_model
 from mistral_nemo.model.quant.fused_decode import FusedDecoder
+from tests.activation_reference import assert_logits_agree_to_quantization_noise
 from tests.gguf_fixture import smollm2_gguf_path
 from tests.nemo_checkpoints import random_reference_model, write_mistral_folder
 
@@ -71,12 +73,15 @@ def test_fused_decode_equals_layer_by_layer(which: str, request: pytest.FixtureR
     assert FusedDecoder.supports(loaded.model)
     fused, fused_cache = _decode(loaded, fused=True)
     layered, layered_cache = _decode(loaded, fused=False)
-    scale = layered.abs().max().item()
-    # Same weights and formulas; sums run in another order: agreement to float rounding.
-    torch.testing.assert_close(fused, layered, rtol=1e-4, atol=1e-5 * scale)
-    assert (fused.argmax(-1) == layered.argmax(-1)).all()
-    torch.testing.assert_close(fused_cache.keys, layered_cache.keys, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fused_cache.values, layered_cache.values, rtol=1e-4, atol=1e-4)
+    # Same weights and formulas, sums in another order. Layer 0 reads the same input on both paths, so
+    # its K/V agree to float rounding (a wiring error of norm, quantization, q/k/v, RoPE or the cache
+    # write shows here).
+    torch.testing.assert_close(fused_cache.keys[0], layered_cache.keys[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused_cache.values[0], layered_cache.values[0], rtol=1e-4, atol=1e-5)
+    # Later layers read inputs that differ by float rounding: agreement to int16 rounding noise.
+    assert_logits_agree_to_quantization_noise(fused, layered)
+    for got, want in ((fused_cache.keys, layered_cache.keys), (fused_cache.values, layered_cache.values)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-3 * want.abs().max().item())
 
 
 def test_only_cpu_float32_models_with_every_linear_quantized(smollm2_int8: LoadedModel) -> None:

@@ -31,6 +31,7 @@ from mistral_nemo.model.transformer import Transformer
 from mistral_nemo.model.weights import CheckpointError, build_model, interleaved_to_half
 from mistral_nemo.tokenizer import load_tokenizer
 from mistral_nemo.tokenizer.gguf_metadata import GgufTensorInfo, read_gguf_header
+from tests.activation_reference import act_quantized, assert_logits_agree_to_quantization_noise
 from tests.gguf_fixture import smollm2_gguf_path
 
 # Byte offsets of the fp16 fields (scales, mins) of the types gguf cannot quantize: set to modest values.
@@ -74,7 +75,7 @@ def test_blocks_load_exactly(qt: QT) -> None:
     assert torch.equal(reference, torch.from_numpy(numpy_ref))
     for tokens in (1, 4, 64):  # GEMV kernel, small-batch kernel, dequantize + GEMM
         x = torch.randn(tokens, cols)
-        _close(layer(x), x @ reference.T)
+        _close(layer(x), act_quantized(x) @ reference.T)
 
 
 @pytest.mark.parametrize("qt", [QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
@@ -104,7 +105,7 @@ def test_other_types_are_requantized_to_int8(qt: QT, monkeypatch: pytest.MonkeyP
     half_step = (layer.scale / 2).repeat_interleave(32, dim=1)  # the stated bound of from_float
     assert ((layer.dequantize() - w).abs() <= half_step * (1 + 1e-5) + 1e-12).all()
     x = torch.randn(3, cols)
-    _close(layer(x), x @ layer.dequantize().T)
+    _close(layer(x), act_quantized(x) @ layer.dequantize().T)
 
 
 def test_bad_sizes_and_float_types_are_rejected() -> None:
@@ -332,14 +333,13 @@ def test_smollm2_compact_weights_equal_the_float_load(smollm2: dict) -> None:
 def test_smollm2_compact_logits_and_answer(smollm2: dict) -> None:
     tokenizer = smollm2["tokenizer"]
     ids = tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
-    # Same weights, other summation order. Measured max |diff| / max |logit|: 0 for the 37-token prompt
-    # (dequantize + torch GEMM), 1.2e-6 for 1 token (GEMV kernel), 2.9e-6 for 8 (small-batch kernel).
+    # Same weights; the compact layers also round their activations to int16 (blocks of 32), the float
+    # model does not: agreement to that noise (prefill GEMM, small-batch kernel, GEMV kernel).
     for n in (len(ids), 8, 1):
         tokens = torch.tensor(ids[:n])
         ref = smollm2["float"].logits(tokens)
         got = smollm2["compact"].logits(tokens)
-        _close(got, ref, rel=1e-4)
-        assert torch.equal(got.argmax(-1), ref.argmax(-1))
+        assert_logits_agree_to_quantization_noise(got, ref)
     result = generate(smollm2["compact"], tokenizer, ids, SamplingParams(max_tokens=40, temperature=0))
     assert "Paris" in result.text, result.text
 

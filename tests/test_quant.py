@@ -1,5 +1,6 @@
-"""Quantized linears: exact vs their dequantized weights, within the stated error of fp32, GGUF blocks
-loaded exactly, and a real model (SmolLM2) still answering factual prompts after int8 / int4."""
+"""Quantized linears: exact vs their dequantized weights times the int16-quantized activations, within
+the stated error of fp32, GGUF blocks loaded exactly, and a real model (SmolLM2) still answering
+factual prompts after int8 / int4."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mistral_nemo.model.loading import load
 from mistral_nemo.model.quant import Int4Linear, Int8Linear, linear_from_gguf, quantize_model, weight_bytes
 from mistral_nemo.model.quant import linear as linear_module
 from mistral_nemo.model.weights import interleaved_to_half
+from tests.activation_reference import act_half_step, act_quantized
 from tests.gguf_fixture import smollm2_gguf_path
 
 IN, OUT = 256, 96
@@ -44,7 +46,15 @@ QUANTIZERS = {
 def test_layer_equals_its_dequantized_weight(kind: str, tokens: int) -> None:
     layer = QUANTIZERS[kind](_linear())
     x = torch.randn(tokens, IN)
-    _close(layer(x), x @ layer.dequantize().T)
+    _close(layer(x), act_quantized(x) @ layer.dequantize().T)
+
+
+def test_a_token_gets_the_same_answer_whatever_its_batch() -> None:
+    layer = QUANTIZERS["int8-g32"](_linear())
+    x = torch.randn(40, IN)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(8)])
+    assert torch.equal(layer(x[:8]), alone)  # small-batch kernel: bit for bit
+    _close(layer(x)[:8], alone)  # prefill (dequantize + GEMM): the same sum, to float rounding
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4-g64"])
@@ -52,20 +62,21 @@ def test_prefill_in_many_row_blocks(kind: str, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(linear_module, "_BLOCK_ELEMS", 20 * IN)  # 20-row blocks: 4 full, 1 partial
     layer = QUANTIZERS[kind](_linear())
     x = torch.randn(40, IN)
-    _close(layer(x), x @ layer.dequantize().T)
+    _close(layer(x), act_quantized(x) @ layer.dequantize().T)
 
 
 @pytest.mark.parametrize("kind", sorted(QUANTIZERS))
 def test_quantization_error_within_stated_bound(kind: str) -> None:
-    # Stated bound: every weight is within half a step (scale / 2) of the original, so each output is
-    # within sum_k |x_k| * scale / 2 of the fp32 linear's.
+    # Stated bound: every weight is within half a step (scale / 2) of the original and every activation
+    # within half a step (absmax(block) / 65534) of its own, so each output is within
+    # sum_k |x_k| * scale_k / 2 + |w_q,k| * step_k / 2 of the fp32 linear's.
     lin = _linear(1)
     layer = QUANTIZERS[kind](lin)
     half_step = (layer.scale / 2).repeat_interleave(layer.group_size, dim=1)
     err = (layer.dequantize() - lin.weight).abs()
     assert (err <= half_step * (1 + 1e-5) + 1e-7).all()
     x = torch.randn(8, IN)
-    bound = x.abs() @ half_step.T
+    bound = x.abs() @ half_step.T + act_half_step(x) @ layer.dequantize().abs().T
     with torch.no_grad():
         assert ((layer(x) - lin(x)).abs() <= bound * 1.001 + 1e-5).all()
 
@@ -76,7 +87,7 @@ def test_bf16_activations_come_back_in_bf16(kind: str) -> None:
     x = torch.randn(3, 2, IN, dtype=torch.bfloat16)
     y = layer(x)
     assert y.dtype == torch.bfloat16 and y.shape == (3, 2, OUT)
-    _close(y.float(), (x.float() @ layer.dequantize().T).bfloat16().float(), rel=2e-2)
+    _close(y.float(), (act_quantized(x) @ layer.dequantize().T).bfloat16().float(), rel=2e-2)
 
 
 def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -103,7 +114,7 @@ def test_gguf_blocks_load_exactly(qtype: str) -> None:
     assert torch.equal(layer.dequantize(), reference)
     for tokens in (1, 4, 64):
         x = torch.randn(tokens, cols)
-        _close(layer(x), x @ reference.T)
+        _close(layer(x), act_quantized(x) @ reference.T)
 
 
 def test_gguf_blocks_reject_wrong_type_or_size() -> None:

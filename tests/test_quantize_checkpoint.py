@@ -20,7 +20,7 @@ from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.entrypoints.quantize_cmd import quantize_checkpoint
 from mistral_nemo.model.loading import LoadedModel, detect_format, load
 from mistral_nemo.model.quant import Int4Linear, Int8Linear
-from mistral_nemo.model.quant.checkpoint import FORMAT
+from mistral_nemo.model.quant.checkpoint import FORMAT, VERSION
 from mistral_nemo.model.weights import CheckpointError
 from tests.conftest import console_script
 from tests.gguf_fixture import smollm2_gguf_path
@@ -90,7 +90,7 @@ def test_quantized_folder_equals_quantizing_on_load(
 def test_stored_layout(int8_folder: Path, mistral_folder: Path) -> None:
     with safe_open(str(int8_folder / "model.safetensors"), framework="pt") as f:
         meta, keys = f.metadata(), set(f.keys())
-    assert meta["format"] == FORMAT and meta["version"] == "1" and meta["quantization"] == "int8"
+    assert meta["format"] == FORMAT and meta["version"] == VERSION and meta["quantization"] == "int8"
     layers = json.loads(meta["layers"])
     assert layers["layers.0.attention.wq"] == {"class": "Int8Linear", "group_size": SMALL_NEMO["dim"]}
     assert {"layers.0.attention.wq.qweight", "layers.0.attention.wq.scale", "tok_embeddings.weight"} <= keys

@@ -28,7 +28,9 @@ from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.weights import CheckpointError
 
 FORMAT = "mistral-nemo-quantized"
-VERSION = "1"
+# 2: int4 nibbles pair values j and j + 16 of every 32-value block (was: of every group). Version 1
+# files read the same unless they hold int4 layers with groups larger than 32.
+VERSION = "2"
 WEIGHTS = "model.safetensors"
 PARAMS = "params.json"
 
@@ -99,6 +101,13 @@ def iter_quantized_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor | n
     meta = _checked_metadata(folder)
     layers = _layers(meta, folder)
     formats = layer_formats()
+    if meta.get("version") == "1" and any(
+        s["class"] == "Int4Linear" and (s.get("group_size") or 32) > 32 for s in layers.values()
+    ):
+        raise CheckpointError(
+            f"{folder} holds int4 layers with groups larger than 32 in the nibble order of {FORMAT} "
+            f"version 1, which this build does not read; quantize the model again"
+        )
     for spec in layers.values():
         if spec["class"] not in formats:
             raise CheckpointError(
@@ -172,9 +181,9 @@ def _checked_metadata(folder: Path) -> dict[str, str]:
     meta = read_metadata(folder)
     if meta is None:
         raise CheckpointError(f"{folder} is not a {FORMAT} checkpoint")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in ("1", VERSION):
         raise CheckpointError(
-            f"{folder} is {FORMAT} version {meta.get('version')!r}; this build reads version {VERSION}"
+            f"{folder} is {FORMAT} version {meta.get('version')!r}; this build reads versions 1 and {VERSION}"
         )
     return meta
 

@@ -4,8 +4,9 @@ A decode step of a small model does little work per layer (SmolLM2: 3.5 MB of in
 per-operator dispatch dominated it: ~40 PyTorch and numba calls per layer cost more than reading the
 weights. Here the layer loop, RMSNorm, RoPE, the KV-cache write, attention over each sequence's cache
 slots, SwiGLU and the residuals all run inside one compiled function; only the GEMVs and attention
-start parallel regions. Arithmetic follows transformer.py in fp32 (same formulas; sums may be
-ordered differently, so results agree to float rounding, see tests/test_fused_decode.py).
+start parallel regions. Arithmetic follows transformer.py in fp32 and the linears' own kernels
+(activations quantized per block of 32, see kernels.py); sums may be ordered differently, so results
+agree to float rounding, see tests/test_fused_decode.py.
 
 Linears are given as parallel lists indexed layer * 7 + j, j over LINEARS, each int8 (kind 0:
 `q8`, `scale`) or int4 (kind 1: `p4`, `scale`, `zero`); the unused arrays of a kind are empty.
@@ -18,7 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from mistral_nemo.model.quant.kernels import group_sums, int4_matmul, int8_matmul
+from mistral_nemo.model.quant.kernels import int4_matmul, int8_matmul, quantize_activations
 
 LINEARS = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
 KIND_INT8, KIND_INT4 = 0, 1
@@ -26,13 +27,13 @@ _OPTS = {"fastmath": True, "cache": True, "nogil": True}
 
 
 @njit(**_OPTS)
-def _linear(i, x, kinds, q8s, p4s, scales, zeros, n_out):
-    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+def _linear(i, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, n_out):
+    """Linear i on activations quantized once by quantize_activations (shared by wq/wk/wv, w1/w3)."""
+    out = np.empty((xq.shape[0], n_out), dtype=np.float32)
     if kinds[i] == KIND_INT8:
-        int8_matmul(x, q8s[i], scales[i], out)
+        int8_matmul(xq, xs, q8s[i], scales[i], out)
     else:
-        xsum = group_sums(x, scales[i].shape[1])
-        int4_matmul(x, xsum, p4s[i], scales[i], zeros[i], out)
+        int4_matmul(xq, xs, xsum, p4s[i], scales[i], zeros[i], out)
     return out
 
 
@@ -129,10 +130,10 @@ def decode_layers(
     h = h.copy()
     for layer in range(n_layers):
         i = layer * 7
-        x = _rms_norm(h, attn_norms[layer], eps)
-        q = _linear(i, x, kinds, q8s, p4s, scales, zeros, out_dims[i])
-        k = _linear(i + 1, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 1])
-        v = _linear(i + 2, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 2])
+        xq, xs, xsum = quantize_activations(_rms_norm(h, attn_norms[layer], eps))
+        q = _linear(i, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i])
+        k = _linear(i + 1, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 1])
+        v = _linear(i + 2, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 2])
         _rope(q, n_heads, cos, sin)
         _rope(k, n_kv_heads, cos, sin)
         for b in range(n_seq):
@@ -143,14 +144,15 @@ def decode_layers(
                     values[layer, slot, kvh, d] = v[b, kvh * head_dim + d]
         attn = np.empty_like(q)
         decode_attention(q, keys[layer], values[layer], ctx_slots, ctx_lens, n_heads, attn)
-        o = _linear(i + 3, attn, kinds, q8s, p4s, scales, zeros, out_dims[i + 3])
-        h += o
-        x = _rms_norm(h, ffn_norms[layer], eps)
-        gate = _linear(i + 4, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 4])
-        up = _linear(i + 5, x, kinds, q8s, p4s, scales, zeros, out_dims[i + 5])
+        xq, xs, xsum = quantize_activations(attn)
+        h += _linear(i + 3, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 3])
+        xq, xs, xsum = quantize_activations(_rms_norm(h, ffn_norms[layer], eps))
+        gate = _linear(i + 4, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 4])
+        up = _linear(i + 5, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 5])
         for t in range(n_seq):
             for j in range(gate.shape[1]):
                 g = gate[t, j]
                 gate[t, j] = g / (np.float32(1.0) + np.exp(-g)) * up[t, j]
-        h += _linear(i + 6, gate, kinds, q8s, p4s, scales, zeros, out_dims[i + 6])
+        xq, xs, xsum = quantize_activations(gate)
+        h += _linear(i + 6, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 6])
     return h

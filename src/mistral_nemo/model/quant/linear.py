@@ -1,12 +1,12 @@
-"""Weight-only quantized linears (drop-in for bias-free nn.Linear): int8 and group-wise int4.
-
-Forward strategy, chosen by measurement on a 2-core AVX2 CPU (bench/quant_linear.py):
-- T == 1 (decode): a fused dequantize + GEMV numba kernel; reads only the compact bytes.
-- 1 < T <= small_batch_max (int8: 32, int4: 16): the same kernel with the token loop inside the row
-  loop, so each weight row is fetched from memory once for all tokens.
-- larger T (prefill): compute-bound, so dequantize blocks of rows to fp32 and let torch's GEMM run;
-  blocks bound the temporary to 8 MiB (never a full fp32 copy of the matrix).
-Activations of any float dtype are computed in fp32 and returned in their dtype.
+"""Quantized linears (drop-in for bias-free nn.Linear): int8 and group-wise int4 weights, with the
+activations quantized to int16 in blocks of 32 (kernels.py says why and how).
+Forward strategy, chosen by measurement on 2-core CPUs (bench/quant_linear.py):
+- up to small_batch_max tokens (decode, small batches): integer block-dot kernels that read each
+  weight row once for all tokens and never make a float copy of the matrix;
+- more tokens (prefill): compute-bound, so blocks of rows are dequantized to fp32 and multiplied with
+  the same quantized activations by torch's GEMM; blocks bound the temporary to 8 MiB.
+Both compute the same sum, so they agree to float rounding. Activations of any float dtype are
+computed in fp32 and returned in their dtype. in_features and group sizes are multiples of 32.
 """
 
 from __future__ import annotations
@@ -107,13 +107,29 @@ def put_q4_rows(
     put_rows(zero, rows, f16_field(blocks, 2).reshape(-1, per_row) if q4_1 else d * np.float32(-8.0))
 
 
+def _check_blocks(in_features: int, group_size: int, allow_16: bool = False) -> None:
+    if in_features % kernels.BLOCK or (group_size % kernels.BLOCK and not (allow_16 and group_size == 16)):
+        raise ValueError(
+            f"in_features ({in_features}) and the group size ({group_size}) must be multiples of "
+            f"{kernels.BLOCK}: activations are quantized in blocks of {kernels.BLOCK}"
+        )
+
+
 class _QuantLinear(nn.Module):
-    small_batch_max = 16  # above this many tokens, dequantize + torch GEMM wins (per class, measured)
+    # Above this many tokens dequantize + torch GEMM wins: measured crossovers 16-32 (SmolLM2 576x1536:
+    # T=16 kernel 1.1-1.5x faster, T=32 0.7-0.9x; NeMo 5120x14336: T=32 1.2-1.3x, T=64 0.65x).
+    small_batch_max = 24
     in_features: int
     out_features: int
+    group_size: int
 
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
+        """out = x @ w.T for a few tokens (x float32 [T, in])."""
         raise NotImplementedError
+
+    def _prefill_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations the prefill GEMM multiplies: those the small kernel sees."""
+        return x
 
     def _dequant_rows(self, start: int, out: np.ndarray) -> None:
         raise NotImplementedError
@@ -128,17 +144,19 @@ class _QuantLinear(nn.Module):
         elif tokens <= self.small_batch_max:
             self._small(x2.numpy(), out.numpy())
         else:
+            xf = self._prefill_input(x2)
             rows = max(16, _BLOCK_ELEMS // self.in_features)
             buf = np.empty((rows, self.in_features), dtype=np.float32)
             for start in range(0, self.out_features, rows):
                 block = buf[: min(rows, self.out_features - start)]
                 self._dequant_rows(start, block)
-                out[:, start : start + block.shape[0]] = x2 @ torch.from_numpy(block).T
+                out[:, start : start + block.shape[0]] = xf @ torch.from_numpy(block).T
         return out.to(x.dtype).reshape(*lead, self.out_features)
 
     @torch.no_grad()
     def dequantize(self) -> torch.Tensor:
-        """The float32 weight [out, in] these bytes stand for (the exact reference of forward)."""
+        """The float32 weight [out, in] these bytes stand for: forward(x) equals
+        _prefill_input(x) @ dequantize().T to float rounding."""
         out = np.empty((self.out_features, self.in_features), dtype=np.float32)
         self._dequant_rows(0, out)
         return torch.from_numpy(out)
@@ -157,14 +175,13 @@ class _QuantLinear(nn.Module):
 class Int8Linear(_QuantLinear):
     """w = scale[n, k // G] * q[n, k], int8 q; G = in_features (per channel) or a block size (Q8_0: 32)."""
 
-    small_batch_max = 32  # 5120x14336: T=16 kernel 34 ms vs dequantize+GEMM 47; T=32 70 vs 68
-
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         if qweight.dtype != torch.int8 or self.in_features % scale.shape[1]:
             raise ValueError("qweight must be int8 [out, in] and scale [out, in // G] float32")
         self.group_size = self.in_features // scale.shape[1]
+        _check_blocks(self.in_features, self.group_size, allow_16=True)  # 16: Q6_K
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
 
@@ -202,28 +219,31 @@ class Int8Linear(_QuantLinear):
         return layer
 
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
-        kernels.int8_matmul(x, self.qweight.numpy(), self.scale.numpy(), out)
+        xq, xs, _ = kernels.quantize_activations(x)
+        kernels.int8_matmul(xq, xs, self.qweight.numpy(), self.scale.numpy(), out)
+
+    def _prefill_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(kernels.fake_quantize(x.numpy()))
 
     def _dequant_rows(self, start: int, out: np.ndarray) -> None:
         kernels.int8_dequant_rows(self.qweight.numpy(), self.scale.numpy(), start, out)
 
 
 class Int4Linear(_QuantLinear):
-    """Asymmetric group-wise int4: w = scale * q + zero, q in 0..15, two per byte (see kernels.py).
+    """Asymmetric group-wise int4: w = scale * q + zero, q in 0..15, two per byte (layout: kernels.py).
 
     Asymmetric because it is the Q4_1 form (Q4_0 is the special case zero = -8 * scale), so both
     GGUF types load exactly, and the zero term costs one multiply per group in the kernel.
     """
-
-    small_batch_max = 16  # 5120x14336 g64: T=16 kernel 65 ms vs dequantize+GEMM 63; T=32 131 vs 83
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         super().__init__()
         self.out_features = packed.shape[0]
         self.in_features = packed.shape[1] * 2
         self.group_size = self.in_features // scale.shape[1]
-        if packed.dtype != torch.uint8 or self.in_features % scale.shape[1] or self.group_size % 2:
+        if packed.dtype != torch.uint8 or self.in_features % scale.shape[1]:
             raise ValueError("packed must be uint8 [out, in // 2] and scale/zero [out, in // G] float32")
+        _check_blocks(self.in_features, self.group_size)
         self.register_buffer("packed", packed.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self.register_buffer("zero", zero.to(torch.float32).contiguous())
@@ -237,9 +257,10 @@ class Int4Linear(_QuantLinear):
         """
         w = _weight_of(linear_or_weight)
         rows, cols = w.shape
-        if cols % group_size or group_size % 2:
+        if cols % group_size:
             raise ValueError(f"in_features {cols} is not a multiple of the group size {group_size}")
-        ng, half = cols // group_size, group_size // 2
+        _check_blocks(cols, group_size)
+        ng, per_block = cols // group_size, group_size // kernels.BLOCK
         packed = torch.empty(rows, cols // 2, dtype=torch.uint8)
         scale = torch.empty(rows, ng, dtype=torch.float32)
         zero = torch.empty(rows, ng, dtype=torch.float32)
@@ -250,7 +271,8 @@ class Int4Linear(_QuantLinear):
             s = (hi - lo) / 15.0
             s = torch.where(s > 0, s, torch.ones_like(s))
             q = torch.round((blk - lo[..., None]) / s[..., None]).clamp_(0, 15).to(torch.uint8)
-            packed[r : r + step] = (q[..., :half] | (q[..., half:] << 4)).reshape(-1, cols // 2)
+            q = q.reshape(-1, ng * per_block, kernels.BLOCK)  # nibbles pair values j, j + 16 of each block
+            packed[r : r + step] = (q[..., :16] | (q[..., 16:] << 4)).reshape(-1, cols // 2)
             scale[r : r + step], zero[r : r + step] = s, lo
         return cls(packed, scale, zero)
 
@@ -270,9 +292,11 @@ class Int4Linear(_QuantLinear):
         return layer
 
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
-        s = self.scale.numpy()
-        xsum = kernels.group_sums(x, s.shape[1])
-        kernels.int4_matmul(x, xsum, self.packed.numpy(), s, self.zero.numpy(), out)
+        xq, xs, xsum = kernels.quantize_activations(x)
+        kernels.int4_matmul(xq, xs, xsum, self.packed.numpy(), self.scale.numpy(), self.zero.numpy(), out)
+
+    def _prefill_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(kernels.fake_quantize(x.numpy()))
 
     def _dequant_rows(self, start: int, out: np.ndarray) -> None:
         kernels.int4_dequant_rows(self.packed.numpy(), self.scale.numpy(), self.zero.numpy(), start, out)

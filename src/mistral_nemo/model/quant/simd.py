@@ -1,0 +1,209 @@
+"""Integer dot products of 32-value blocks in LLVM vector IR, callable from numba kernels.
+
+Weights are int8 or int4 (nibbles), activations int16 (kernels.py quantizes them per block of 32):
+w16 x x16 products summed in pairs into int32 lanes, which x86 does in one instruction:
+
+- `vnni`: `vpdpwssd` (AVX-VNNI / AVX512-VNNI), accumulating both halves of a block in one register;
+- `avx2`: `vpmaddwd`, plus an add;
+- `generic`: portable IR (sign-extended int32 products), for any other CPU.
+
+numba types every integer expression as int64, so the same loop written in numba vectorises into
+64-bit multiplies, slower than converting the weights to float; hence these intrinsics. Measured on
+a 2-core AVX-512/VNNI Xeon, 5120 x 14336 int8 GEMV: 3.3 ms, against 13.4 ms for the float kernel.
+Sums are exact: |w x| <= 128 * 32767 and 32 of them fit an int32 with room to spare.
+
+Each call writes one int32 per block (or two, per 16-value half); eight blocks at a time are reduced
+together by a transpose of pairwise adds, so no block pays a full horizontal sum.
+MISTRAL_NEMO_SIMD=vnni|avx2|generic overrides the host's choice (tests/test_simd.py checks every path
+the host can run; numba's cache does not see the override, so set NUMBA_CACHE_DIR to a fresh folder
+with it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+ISAS = ("vnni", "avx2", "generic")
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+
+def host_isa() -> str:
+    """The best block-dot instruction set of this CPU (or MISTRAL_NEMO_SIMD's)."""
+    forced = os.environ.get("MISTRAL_NEMO_SIMD")
+    if forced:
+        if forced not in ISAS:
+            raise ValueError(f"MISTRAL_NEMO_SIMD={forced!r}: expected one of {', '.join(ISAS)}")
+        return forced
+    features = {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+    if "avxvnni" in features or {"avx512vnni", "avx512vl"} <= features:
+        return "vnni"
+    return "avx2" if "avx2" in features else "generic"
+
+
+ISA = host_isa()
+
+
+def _vec(t: ir.Type, n: int) -> ir.VectorType:
+    return ir.VectorType(t, n)
+
+
+def _lanes(idx: range | list[int]) -> ir.Constant:
+    return ir.Constant(_vec(_I32, len(idx)), list(idx))
+
+
+def _call(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Value]) -> ir.Value:
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
+    return builder.call(fn, args)
+
+
+def _half_partial(builder: ir.IRBuilder, w: ir.Value, x: ir.Value, acc: ir.Value | None = None) -> ir.Value:
+    """<16 x i16> w, x -> <8 x i32> (plus acc): lane j = w[2j] x[2j] + w[2j+1] x[2j+1]."""
+    v8i32 = _vec(_I32, 8)
+    if ISA == "vnni":
+        start = acc if acc is not None else ir.Constant(v8i32, None)
+        args = [start, builder.bitcast(w, v8i32), builder.bitcast(x, v8i32)]
+        return _call(builder, "llvm.x86.avx512.vpdpwssd.256", v8i32, args)
+    if ISA == "avx2":
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.wd", v8i32, [w, x])
+    else:
+        p = builder.mul(builder.sext(w, _vec(_I32, 16)), builder.sext(x, _vec(_I32, 16)))
+        pairs = _pair_sums(builder, p, p, 16)
+        pairs = builder.shuffle_vector(pairs, pairs, _lanes(range(8)))
+    return pairs if acc is None else builder.add(acc, pairs)
+
+
+Halves = tuple[ir.Value, ir.Value]  # a block's first and last 16 values, each <16 x i16>
+
+
+def _block_partial(builder: ir.IRBuilder, w: Halves, x: Halves, halves: bool) -> ir.Value:
+    """A block's 32 values as (first 16, last 16) of w and x -> <8 x i32> adding up to dot(w, x);
+    with halves, lanes 0-3 add up to the first half's dot and lanes 4-7 to the second's."""
+    if not halves:
+        return _half_partial(builder, w[1], x[1], _half_partial(builder, w[0], x[0]))
+    return _pair_sums(builder, _half_partial(builder, w[0], x[0]), _half_partial(builder, w[1], x[1]))
+
+
+def _pair_sums(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, width: int = 8) -> ir.Value:
+    """[a0+a1, a2+a3, ..., b0+b1, ...] for two vectors of `width` lanes: one level of the transpose."""
+    even = builder.shuffle_vector(a, b, _lanes(range(0, 2 * width, 2)))
+    odd = builder.shuffle_vector(a, b, _lanes(range(1, 2 * width, 2)))
+    return builder.add(even, odd)
+
+
+def _horizontal_sum(builder: ir.IRBuilder, v: ir.Value, lanes: int = 8) -> ir.Value:
+    width = lanes // 2
+    while width:
+        lo = builder.shuffle_vector(v, v, _lanes(range(width)))
+        v = builder.add(lo, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
+        width //= 2
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _counted_loop(
+    builder: ir.IRBuilder, count: ir.Value, body: Callable[[ir.Value], None], name: str
+) -> None:
+    """for i in range(count): body(i), as basic blocks."""
+    entry = builder.basic_block
+    head = builder.append_basic_block(f"{name}.head")
+    loop = builder.append_basic_block(f"{name}.body")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i = builder.phi(_I64)
+    i.add_incoming(ir.Constant(_I64, 0), entry)
+    builder.cbranch(builder.icmp_signed("<", i, count), loop, done)
+    builder.position_at_end(loop)
+    body(i)
+    i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.basic_block)
+    builder.branch(head)
+    builder.position_at_end(done)
+
+
+def _block_dots_intrinsic(name: str, nibbles: bool = False, halves: bool = False) -> Callable:
+    """halves: two sums per block (values 0-15, 16-31), for weights with a scale per 16 (Q6_K)."""
+    bytes_per_block = 16 if nibbles else 32
+    sums_per_block = 2 if halves else 1
+
+    def codegen(context, builder, signature, args):
+        w_arr, w_off, x_arr, x_off, out_arr, n_blocks = args
+        w_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, w_arr).data, [w_off])
+        x_ptr = builder.gep(context.make_array(signature.args[2])(context, builder, x_arr).data, [x_off])
+        out_ptr = context.make_array(signature.args[4])(context, builder, out_arr).data
+
+        def load(ptr: ir.Value, at: ir.Value, elem: ir.Type, n: int) -> ir.Value:
+            return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
+
+        def partial(block: ir.Value) -> ir.Value:
+            at = builder.mul(block, ir.Constant(_I64, bytes_per_block))
+            if nibbles:  # byte j: value j (low nibble), value j + 16 (high): ggml's Q4 order
+                raw = load(w_ptr, at, _I8, 16)
+                lo = builder.and_(raw, ir.Constant(_vec(_I8, 16), [15] * 16))
+                hi = builder.lshr(raw, ir.Constant(_vec(_I8, 16), [4] * 16))
+                w = (builder.zext(lo, _vec(_I16, 16)), builder.zext(hi, _vec(_I16, 16)))
+            else:
+                second = builder.add(at, ir.Constant(_I64, 16))
+                w = tuple(builder.sext(load(w_ptr, a, _I8, 16), _vec(_I16, 16)) for a in (at, second))
+            xat = builder.mul(block, ir.Constant(_I64, 32))
+            x = (load(x_ptr, xat, _I16, 16), load(x_ptr, builder.add(xat, ir.Constant(_I64, 16)), _I16, 16))
+            return _block_partial(builder, w, x, halves)
+
+        eight = ir.Constant(_I64, 8)
+        chunks = builder.sdiv(n_blocks, eight)
+
+        def chunk(c: ir.Value) -> None:
+            first = builder.mul(c, eight)
+            level = [partial(builder.add(first, ir.Constant(_I64, j))) for j in range(8)]
+            # After two levels each vector holds [half sums of 4 blocks]; after three, [8 block sums].
+            while len(level) > sums_per_block:
+                level = [_pair_sums(builder, level[j], level[j + 1]) for j in range(0, len(level), 2)]
+            out_first = builder.mul(first, ir.Constant(_I64, sums_per_block))
+            for j, sums in enumerate(level):
+                at = builder.gep(out_ptr, [builder.add(out_first, ir.Constant(_I64, 8 * j))])
+                builder.store(sums, builder.bitcast(at, _vec(_I32, 8).as_pointer()), align=4)
+
+        _counted_loop(builder, chunks, chunk, "chunks")
+        first_left = builder.mul(chunks, eight)
+
+        def leftover(r: ir.Value) -> None:
+            block = builder.add(first_left, r)
+            lanes = partial(block)
+            if not halves:
+                builder.store(_horizontal_sum(builder, lanes), builder.gep(out_ptr, [block]))
+                return
+            for h in range(2):
+                part = builder.shuffle_vector(lanes, lanes, _lanes(range(4 * h, 4 * h + 4)))
+                at = builder.add(builder.mul(block, ir.Constant(_I64, 2)), ir.Constant(_I64, h))
+                builder.store(_horizontal_sum(builder, part, 4), builder.gep(out_ptr, [at]))
+
+        _counted_loop(builder, builder.sub(n_blocks, first_left), leftover, "left")
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, w_off, x, x_off, out, n_blocks):
+        expected = (types.uint8 if nibbles else types.int8, types.int16, types.int32)
+        arrays = (w, x, out)
+        if not all(
+            isinstance(a, types.Array) and a.dtype == e for a, e in zip(arrays, expected, strict=True)
+        ):
+            return None  # numba reports the signature as unsupported
+        return types.void(w, types.intp, x, types.intp, out, types.intp), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
+
+
+# i8_block_dots(w, w_off, x, x_off, out, n_blocks): out[b] = sum_k w[w_off + 32b + k] * x[x_off + 32b + k]
+# for int8 w, int16 x, int32 out (1-D contiguous arrays; offsets in elements), b < n_blocks.
+i8_block_dots = _block_dots_intrinsic("i8_block_dots")
+# i8_half_block_dots(...): out[2b + h] = the same sum over values 16h .. 16h + 15 of block b.
+i8_half_block_dots = _block_dots_intrinsic("i8_half_block_dots", halves=True)
+# u4_block_dots(...): the same for nibble-packed uint8 w (16 bytes per block of 32 values 0..15,
+# w_off in bytes).
+u4_block_dots = _block_dots_intrinsic("u4_block_dots", nibbles=True)

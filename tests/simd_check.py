@@ -1,0 +1,68 @@
+"""Checks simd.py's block dot products against numpy's int64 arithmetic; run as a script so that each
+instruction set is compiled in a process of its own (MISTRAL_NEMO_SIMD picks it at import).
+
+    MISTRAL_NEMO_SIMD=avx2 NUMBA_CACHE_DIR=/tmp/x python -m tests.simd_check   # prints "ok <isa>"
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from mistral_nemo.model.quant import simd
+
+
+@njit
+def _run_i8(w: np.ndarray, x: np.ndarray, out: np.ndarray, halves: bool) -> None:
+    for r in range(w.shape[0]):
+        if halves:
+            simd.i8_half_block_dots(w[r], 0, x[r], 0, out[r], x.shape[1] // 32)
+        else:
+            simd.i8_block_dots(w[r], 0, x[r], 0, out[r], x.shape[1] // 32)
+
+
+@njit
+def _run_u4(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    for r in range(w.shape[0]):
+        simd.u4_block_dots(w[r], 0, x[r], 0, out[r], x.shape[1] // 32)
+
+
+def _extremes(
+    rng: np.random.Generator, shape: tuple[int, int], low: int, high: int, dtype: type
+) -> np.ndarray:
+    """Random values with the range's ends over-represented (overflow and sign edge cases)."""
+    values = rng.integers(low, high + 1, shape).astype(dtype)
+    edge = rng.random(shape) < 0.2
+    values[edge] = rng.choice(np.array([low, high, 0], dtype=dtype), size=int(edge.sum()))
+    return values
+
+
+def check(rows: int = 3) -> list[str]:
+    """Mismatch descriptions for block counts covering the 8-block chunks and every leftover count."""
+    rng = np.random.default_rng(0)
+    problems = []
+    for n_blocks in [*range(1, 20), 24, 160]:
+        k = 32 * n_blocks
+        x = _extremes(rng, (rows, k), -32767, 32767, np.int16)
+        w = _extremes(rng, (rows, k), -128, 127, np.int8)
+        products = w.astype(np.int64) * x.astype(np.int64)
+        for halves in (False, True):
+            out = np.zeros((rows, n_blocks * (2 if halves else 1)), np.int32)
+            _run_i8(w, x, out, halves)
+            want = products.reshape(rows, -1, 16 if halves else 32).sum(-1)
+            if not np.array_equal(out, want):
+                problems.append(f"i8 halves={halves} n_blocks={n_blocks}")
+        packed = rng.integers(0, 256, (rows, k // 2), dtype=np.uint8)
+        blocks = packed.reshape(rows, n_blocks, 16)
+        nibbles = np.concatenate([blocks & 15, blocks >> 4], -1).reshape(rows, k)
+        out = np.zeros((rows, n_blocks), np.int32)
+        _run_u4(packed, x, out)
+        want = (nibbles.astype(np.int64) * x).reshape(rows, n_blocks, 32).sum(-1)
+        if not np.array_equal(out, want):
+            problems.append(f"u4 n_blocks={n_blocks}")
+    return problems
+
+
+if __name__ == "__main__":
+    found = check()
+    print(f"ok {simd.ISA}" if not found else f"mismatch {simd.ISA}: {'; '.join(found)}")
