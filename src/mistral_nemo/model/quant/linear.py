@@ -1,5 +1,6 @@
 """Quantized linears (drop-in for bias-free nn.Linear): int8 and group-wise int4 weights, with the
 activations quantized to int16 in blocks of 32 (kernels.py says why and how).
+
 Forward strategy, chosen by measurement on 2-core CPUs (bench/quant_linear.py):
 - up to small_batch_max tokens (decode, small batches): integer block-dot kernels that read each
   weight row once for all tokens and never make a float copy of the matrix;
