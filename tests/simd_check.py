@@ -22,9 +22,24 @@ def _run_i8(w: np.ndarray, x: np.ndarray, out: np.ndarray, halves: bool) -> None
 
 
 @njit
+def _run_i16(w: np.ndarray, x: np.ndarray, out: np.ndarray, halves: bool) -> None:
+    for r in range(w.shape[0]):
+        if halves:
+            simd.i16_half_block_dots(w[r], 0, x[r], 0, out[r], x.shape[1] // 32)
+        else:
+            simd.i16_block_dots(w[r], 0, x[r], 0, out[r], x.shape[1] // 32)
+
+
+@njit
 def _run_u4(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     for r in range(w.shape[0]):
         simd.u4_block_dots(w[r], 0, x[r], 0, out[r], x.shape[1] // 32)
+
+
+@njit
+def _widen_u4(w: np.ndarray, out: np.ndarray) -> None:
+    for r in range(w.shape[0]):
+        simd.u4_widen(w[r], 0, out[r], out.shape[1] // 32)
 
 
 def _extremes(
@@ -47,11 +62,12 @@ def check(rows: int = 3) -> list[str]:
         w = _extremes(rng, (rows, k), -128, 127, np.int8)
         products = w.astype(np.int64) * x.astype(np.int64)
         for halves in (False, True):
-            out = np.zeros((rows, n_blocks * (2 if halves else 1)), np.int32)
-            _run_i8(w, x, out, halves)
             want = products.reshape(rows, -1, 16 if halves else 32).sum(-1)
-            if not np.array_equal(out, want):
-                problems.append(f"i8 halves={halves} n_blocks={n_blocks}")
+            for name, run, weights in (("i8", _run_i8, w), ("i16", _run_i16, w.astype(np.int16))):
+                out = np.zeros((rows, n_blocks * (2 if halves else 1)), np.int32)
+                run(weights, x, out, halves)
+                if not np.array_equal(out, want):
+                    problems.append(f"{name} halves={halves} n_blocks={n_blocks}")
         packed = rng.integers(0, 256, (rows, k // 2), dtype=np.uint8)
         blocks = packed.reshape(rows, n_blocks, 16)
         nibbles = np.concatenate([blocks & 15, blocks >> 4], -1).reshape(rows, k)
@@ -60,6 +76,10 @@ def check(rows: int = 3) -> list[str]:
         want = (nibbles.astype(np.int64) * x).reshape(rows, n_blocks, 32).sum(-1)
         if not np.array_equal(out, want):
             problems.append(f"u4 n_blocks={n_blocks}")
+        widened = np.zeros((rows, k), np.int16)
+        _widen_u4(packed, widened)
+        if not np.array_equal(widened, nibbles):
+            problems.append(f"u4_widen n_blocks={n_blocks}")
     return problems
 
 

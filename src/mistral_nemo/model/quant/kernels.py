@@ -31,7 +31,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from mistral_nemo.model.quant.simd import i8_block_dots, i8_half_block_dots, u4_block_dots
+from mistral_nemo.model.quant.simd import (
+    i8_block_dots,
+    i8_half_block_dots,
+    i16_block_dots,
+    i16_half_block_dots,
+    u4_block_dots,
+    u4_widen,
+)
 
 _OPTS = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
 _SERIAL = {"fastmath": True, "cache": True, "nogil": True}  # helpers: no loop of their own
@@ -41,43 +48,53 @@ _ROWS_PER_TASK = 16  # weight rows per parallel task (each task reuses one scrat
 
 
 @njit(**_SERIAL)
+def _quantize_token(x: np.ndarray, t: int, xq: np.ndarray, xs: np.ndarray, xsum: np.ndarray) -> None:
+    for b in range(xs.shape[1]):
+        base = b * BLOCK
+        top = np.float32(0.0)
+        for k in range(BLOCK):
+            top = max(top, abs(x[t, base + k]))
+        d = top / np.float32(ACT_MAX)
+        inv = np.float32(ACT_MAX) / top if top > 0 else np.float32(0.0)
+        total = 0
+        for k in range(BLOCK):
+            v = np.int16(np.rint(x[t, base + k] * inv))
+            xq[t, base + k] = v
+            total += v
+        xs[t, b] = d
+        xsum[t, b] = d * np.float32(total)
+
+
+@njit(**_SERIAL)
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x [T, K] float32 -> (xq [T, K] int16, xs [T, K / 32] float32, xsum [T, K / 32] float32).
 
     xq = round(x / xs) with xs = absmax(block) / 32767; xsum = xs * sum(xq) per block (int4's zero term).
+    Serial: decode steps quantize a few tokens, where starting threads would cost more.
     """
     n_tok, k_dim = x.shape
-    n_blocks = k_dim // BLOCK
     xq = np.empty((n_tok, k_dim), dtype=np.int16)
-    xs = np.empty((n_tok, n_blocks), dtype=np.float32)
-    xsum = np.empty((n_tok, n_blocks), dtype=np.float32)
+    xs = np.empty((n_tok, k_dim // BLOCK), dtype=np.float32)
+    xsum = np.empty((n_tok, k_dim // BLOCK), dtype=np.float32)
     for t in range(n_tok):
-        for b in range(n_blocks):
-            base = b * BLOCK
-            top = np.float32(0.0)
-            for k in range(BLOCK):
-                top = max(top, abs(x[t, base + k]))
-            d = top / np.float32(ACT_MAX)
-            inv = np.float32(ACT_MAX) / top if top > 0 else np.float32(0.0)
-            total = 0
-            for k in range(BLOCK):
-                v = np.int16(np.rint(x[t, base + k] * inv))
-                xq[t, base + k] = v
-                total += v
-            xs[t, b] = d
-            xsum[t, b] = d * np.float32(total)
+        _quantize_token(x, t, xq, xs, xsum)
     return xq, xs, xsum
 
 
-@njit(**_SERIAL)
+@njit(**_OPTS)
 def fake_quantize(x: np.ndarray) -> np.ndarray:
-    """The float values the kernels see: xq * xs (what prefill multiplies with the weights)."""
-    xq, xs, _ = quantize_activations(x)
+    """The float values the kernels see, xq * xs, for every token in parallel (what prefill multiplies
+    with the weights)."""
+    n_tok, k_dim = x.shape
     out = np.empty(x.shape, dtype=np.float32)
-    for t in range(x.shape[0]):
+    for t in prange(n_tok):
+        xq = np.empty((1, k_dim), dtype=np.int16)
+        xs = np.empty((1, k_dim // BLOCK), dtype=np.float32)
+        xsum = np.empty((1, k_dim // BLOCK), dtype=np.float32)
+        _quantize_token(x[t : t + 1], 0, xq, xs, xsum)
         for b in range(xs.shape[1]):
             for k in range(BLOCK):
-                out[t, b * BLOCK + k] = np.float32(xq[t, b * BLOCK + k]) * xs[t, b]
+                out[t, b * BLOCK + k] = np.float32(xq[0, b * BLOCK + k]) * xs[0, b]
     return out
 
 
@@ -110,22 +127,39 @@ def _half_scaled_sum(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray
     return acc
 
 
+@njit(**_SERIAL)
+def _widen_int8_row(q: np.ndarray, n: int, w16: np.ndarray) -> None:
+    for k in range(w16.shape[0]):
+        w16[k] = q[n, k]
+
+
 @njit(**_OPTS)
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
     """out[T, N] = dequantized activations @ (scale * q).T; rows in parallel, every token per row.
-    Weight groups of 16 (Q6_K's) or of any multiple of 32."""
+    Weight groups of 16 (Q6_K's) or of any multiple of 32. With several tokens each row is widened to
+    int16 once (exact, so every token gets the same sums as alone)."""
     n_rows, k_dim = q.shape
     n_blocks = k_dim // BLOCK
+    n_tok = xq.shape[0]
     halves = scale.shape[1] == 2 * n_blocks
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         isum = np.empty(2 * n_blocks if halves else n_blocks, dtype=np.int32)
+        w16 = np.empty(k_dim if n_tok > 1 else 0, dtype=np.int16)
         for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            for t in range(xq.shape[0]):
+            if n_tok > 1:
+                _widen_int8_row(q, n, w16)
+            for t in range(n_tok):
                 if halves:
-                    i8_half_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
+                    if n_tok > 1:
+                        i16_half_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
+                    else:
+                        i8_half_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
                     out[t, n] = _half_scaled_sum(isum, xs, t, scale, n)
                 else:
-                    i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
+                    if n_tok > 1:
+                        i16_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
+                    else:
+                        i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
                     out[t, n] = _scaled_sum(isum, xs, t, scale, n)
 
 
@@ -156,11 +190,18 @@ def int4_matmul(
     n_rows, row_bytes = packed.shape
     n_blocks = row_bytes * 2 // BLOCK
     gsum = group_sums(xsum, scale.shape[1])
+    n_tok = xq.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         isum = np.empty(n_blocks, dtype=np.int32)
+        w16 = np.empty(2 * row_bytes if n_tok > 1 else 0, dtype=np.int16)
         for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            for t in range(xq.shape[0]):
-                u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
+            if n_tok > 1:
+                u4_widen(packed[n], 0, w16, n_blocks)
+            for t in range(n_tok):
+                if n_tok > 1:
+                    i16_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
+                else:
+                    u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
                 acc = _scaled_sum(isum, xs, t, scale, n)
                 for g in range(scale.shape[1]):
                     acc += zero[n, g] * gsum[t, g]

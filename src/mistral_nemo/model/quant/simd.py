@@ -1,6 +1,7 @@
 """Integer dot products of 32-value blocks in LLVM vector IR, callable from numba kernels.
 
-Weights are int8 or int4 (nibbles), activations int16 (kernels.py quantizes them per block of 32):
+Weights are int8, int4 (nibbles) or int16 (widened once per row for several tokens); activations
+int16 (kernels.py quantizes them per block of 32):
 w16 x x16 products summed in pairs into int32 lanes, which x86 does in one instruction:
 
 - `vnni`: `vpdpwssd` (AVX-VNNI / AVX512-VNNI), accumulating both halves of a block in one register;
@@ -107,6 +108,14 @@ def _horizontal_sum(builder: ir.IRBuilder, v: ir.Value, lanes: int = 8) -> ir.Va
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
+def _unpack_nibbles(builder: ir.IRBuilder, raw: ir.Value) -> Halves:
+    """16 bytes -> the block's values as int16: byte j holds value j (low nibble) and value j + 16 (high
+    nibble), ggml's Q4 order."""
+    lo = builder.and_(raw, ir.Constant(_vec(_I8, 16), [15] * 16))
+    hi = builder.lshr(raw, ir.Constant(_vec(_I8, 16), [4] * 16))
+    return builder.zext(lo, _vec(_I16, 16)), builder.zext(hi, _vec(_I16, 16))
+
+
 def _counted_loop(
     builder: ir.IRBuilder, count: ir.Value, body: Callable[[ir.Value], None], name: str
 ) -> None:
@@ -127,9 +136,14 @@ def _counted_loop(
     builder.position_at_end(done)
 
 
-def _block_dots_intrinsic(name: str, nibbles: bool = False, halves: bool = False) -> Callable:
+# Weight element types: int8, nibble-packed uint8 (two values a byte), or int16 (weights widened once
+# for several tokens: the widening shuffles were the small-batch kernels' bottleneck).
+_WEIGHT_TYPES = {"i8": (types.int8, 32), "u4": (types.uint8, 16), "i16": (types.int16, 32)}
+
+
+def _block_dots_intrinsic(name: str, weights: str = "i8", halves: bool = False) -> Callable:
     """halves: two sums per block (values 0-15, 16-31), for weights with a scale per 16 (Q6_K)."""
-    bytes_per_block = 16 if nibbles else 32
+    weight_type, elems_per_block = _WEIGHT_TYPES[weights]
     sums_per_block = 2 if halves else 1
 
     def codegen(context, builder, signature, args):
@@ -142,15 +156,14 @@ def _block_dots_intrinsic(name: str, nibbles: bool = False, halves: bool = False
             return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
 
         def partial(block: ir.Value) -> ir.Value:
-            at = builder.mul(block, ir.Constant(_I64, bytes_per_block))
-            if nibbles:  # byte j: value j (low nibble), value j + 16 (high): ggml's Q4 order
-                raw = load(w_ptr, at, _I8, 16)
-                lo = builder.and_(raw, ir.Constant(_vec(_I8, 16), [15] * 16))
-                hi = builder.lshr(raw, ir.Constant(_vec(_I8, 16), [4] * 16))
-                w = (builder.zext(lo, _vec(_I16, 16)), builder.zext(hi, _vec(_I16, 16)))
-            else:
-                second = builder.add(at, ir.Constant(_I64, 16))
+            at = builder.mul(block, ir.Constant(_I64, elems_per_block))
+            second = builder.add(at, ir.Constant(_I64, 16))
+            if weights == "u4":
+                w = _unpack_nibbles(builder, load(w_ptr, at, _I8, 16))
+            elif weights == "i8":
                 w = tuple(builder.sext(load(w_ptr, a, _I8, 16), _vec(_I16, 16)) for a in (at, second))
+            else:
+                w = (load(w_ptr, at, _I16, 16), load(w_ptr, second, _I16, 16))
             xat = builder.mul(block, ir.Constant(_I64, 32))
             x = (load(x_ptr, xat, _I16, 16), load(x_ptr, builder.add(xat, ir.Constant(_I64, 16)), _I16, 16))
             return _block_partial(builder, w, x, halves)
@@ -187,7 +200,7 @@ def _block_dots_intrinsic(name: str, nibbles: bool = False, halves: bool = False
         return context.get_dummy_value()
 
     def typer(typingctx, w, w_off, x, x_off, out, n_blocks):
-        expected = (types.uint8 if nibbles else types.int8, types.int16, types.int32)
+        expected = (weight_type, types.int16, types.int32)
         arrays = (w, x, out)
         if not all(
             isinstance(a, types.Array) and a.dtype == e for a, e in zip(arrays, expected, strict=True)
@@ -206,4 +219,36 @@ i8_block_dots = _block_dots_intrinsic("i8_block_dots")
 i8_half_block_dots = _block_dots_intrinsic("i8_half_block_dots", halves=True)
 # u4_block_dots(...): the same for nibble-packed uint8 w (16 bytes per block of 32 values 0..15,
 # w_off in bytes).
-u4_block_dots = _block_dots_intrinsic("u4_block_dots", nibbles=True)
+u4_block_dots = _block_dots_intrinsic("u4_block_dots", weights="u4")
+# i16_block_dots / i16_half_block_dots(...): the same for int16 w.
+i16_block_dots = _block_dots_intrinsic("i16_block_dots", weights="i16")
+i16_half_block_dots = _block_dots_intrinsic("i16_half_block_dots", weights="i16", halves=True)
+
+
+def _u4_widen_codegen(context, builder, signature, args):
+    w_arr, w_off, out_arr, n_blocks = args
+    w_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, w_arr).data, [w_off])
+    out_ptr = context.make_array(signature.args[2])(context, builder, out_arr).data
+
+    def block(b: ir.Value) -> None:
+        at = builder.gep(w_ptr, [builder.mul(b, ir.Constant(_I64, 16))])
+        raw = builder.load(builder.bitcast(at, _vec(_I8, 16).as_pointer()), align=1)
+        for h, values in enumerate(_unpack_nibbles(builder, raw)):
+            to = builder.add(builder.mul(b, ir.Constant(_I64, 32)), ir.Constant(_I64, 16 * h))
+            builder.store(
+                values, builder.bitcast(builder.gep(out_ptr, [to]), _vec(_I16, 16).as_pointer()), align=2
+            )
+
+    _counted_loop(builder, n_blocks, block, "widen")
+    return context.get_dummy_value()
+
+
+@intrinsic
+def u4_widen(typingctx, w, w_off, out, n_blocks):
+    """u4_widen(w, w_off, out, n_blocks): the 32 * n_blocks nibble values from byte w_off on -> int16
+    out (what the small-batch kernels dot with several tokens)."""
+    if not (isinstance(w, types.Array) and w.dtype == types.uint8 and isinstance(out, types.Array)):
+        return None
+    if out.dtype != types.int16:
+        return None
+    return types.void(w, types.intp, out, types.intp), _u4_widen_codegen
