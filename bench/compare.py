@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import QUESTIONS, llama_python, note, time_llama_cpp, time_ours
+from throughput import QUESTIONS, cpu_name, llama_python, note, time_llama_cpp, time_ours
 
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.embedded import embedded_model_path
 from mistral_nemo.model.loading import QUANTIZATIONS, LoadedModel, load
 from mistral_nemo.model.quant import weight_bytes
+from mistral_nemo.model.quant.simd import host_isa
 
 LLAMA_SCRIPT = r"""
 import json, sys, time
@@ -171,6 +172,8 @@ def main() -> None:
                 "gen_len": args.gen_len,
                 "ours_quantization": args.quantization,
                 "ours_fused_decode": loaded.model.fused_decoder is not None,
+                "ours_simd": host_isa(),
+                "cpu": cpu_name(),
                 "ours_weight_bytes": weight_bytes(loaded.model),
                 "requests": args.requests,
                 "request_tokens": args.request_tokens,

@@ -28,6 +28,7 @@ from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.embedded import embedded_model_path
 from mistral_nemo.model.loading import QUANTIZATIONS, LoadedModel, load
 from mistral_nemo.model.quant import weight_bytes
+from mistral_nemo.model.quant.simd import host_isa
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -79,6 +80,15 @@ def time_ours(loaded: LoadedModel, prompts: list[list[int]], params: SamplingPar
     else:
         outputs = [llm.generate(p, params, use_tqdm=False)[0] for p in prompts]
     return time.perf_counter() - start, [o.outputs[0].token_ids for o in outputs]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the JSON line: figures differ across machine kinds."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def note(text: str) -> None:
@@ -173,6 +183,8 @@ def main() -> None:
         "ours_dtype": str(loaded.model.dtype).removeprefix("torch."),
         "ours_quantization": args.quantization,
         "ours_fused_decode": loaded.model.fused_decoder is not None,
+        "ours_simd": host_isa(),
+        "cpu": cpu_name(),
         "ours_weight_bytes": read_per_token,
     }
     tok_s: dict[str, float] = {}
