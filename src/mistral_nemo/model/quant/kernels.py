@@ -86,15 +86,15 @@ def fake_quantize(x: np.ndarray) -> np.ndarray:
     """The float values the kernels see, xq * xs, for every token in parallel (what prefill multiplies
     with the weights)."""
     n_tok, k_dim = x.shape
+    xq = np.empty((n_tok, k_dim), dtype=np.int16)
+    xs = np.empty((n_tok, k_dim // BLOCK), dtype=np.float32)
+    xsum = np.empty((n_tok, k_dim // BLOCK), dtype=np.float32)
     out = np.empty(x.shape, dtype=np.float32)
     for t in prange(n_tok):
-        xq = np.empty((1, k_dim), dtype=np.int16)
-        xs = np.empty((1, k_dim // BLOCK), dtype=np.float32)
-        xsum = np.empty((1, k_dim // BLOCK), dtype=np.float32)
-        _quantize_token(x[t : t + 1], 0, xq, xs, xsum)
+        _quantize_token(x, t, xq, xs, xsum)
         for b in range(xs.shape[1]):
             for k in range(BLOCK):
-                out[t, b * BLOCK + k] = np.float32(xq[0, b * BLOCK + k]) * xs[0, b]
+                out[t, b * BLOCK + k] = np.float32(xq[t, b * BLOCK + k]) * xs[t, b]
     return out
 
 

@@ -173,7 +173,15 @@ class _QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group_size}"
 
 
-class Int8Linear(_QuantLinear):
+class _IntegerLinear(_QuantLinear):
+    """Int8 / int4 weights: the small kernels round activations to int16 per block of 32, so prefill
+    multiplies the same rounded values."""
+
+    def _prefill_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(kernels.fake_quantize(x.numpy()))
+
+
+class Int8Linear(_IntegerLinear):
     """w = scale[n, k // G] * q[n, k], int8 q; G = in_features (per channel) or a block size (Q8_0: 32)."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
@@ -223,14 +231,11 @@ class Int8Linear(_QuantLinear):
         xq, xs, _ = kernels.quantize_activations(x)
         kernels.int8_matmul(xq, xs, self.qweight.numpy(), self.scale.numpy(), out)
 
-    def _prefill_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(kernels.fake_quantize(x.numpy()))
-
     def _dequant_rows(self, start: int, out: np.ndarray) -> None:
         kernels.int8_dequant_rows(self.qweight.numpy(), self.scale.numpy(), start, out)
 
 
-class Int4Linear(_QuantLinear):
+class Int4Linear(_IntegerLinear):
     """Asymmetric group-wise int4: w = scale * q + zero, q in 0..15, two per byte (layout: kernels.py).
 
     Asymmetric because it is the Q4_1 form (Q4_0 is the special case zero = -8 * scale), so both
@@ -295,9 +300,6 @@ class Int4Linear(_QuantLinear):
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
         xq, xs, xsum = kernels.quantize_activations(x)
         kernels.int4_matmul(xq, xs, xsum, self.packed.numpy(), self.scale.numpy(), self.zero.numpy(), out)
-
-    def _prefill_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(kernels.fake_quantize(x.numpy()))
 
     def _dequant_rows(self, start: int, out: np.ndarray) -> None:
         kernels.int4_dequant_rows(self.packed.numpy(), self.scale.numpy(), self.zero.numpy(), start, out)
