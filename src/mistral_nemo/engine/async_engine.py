@@ -25,6 +25,10 @@ class EngineDeadError(RuntimeError):
     """The engine thread failed; requests in flight receive this."""
 
 
+class EngineShutdownError(RuntimeError):
+    """The engine is being shut down: requests in flight and new ones receive this."""
+
+
 @dataclass
 class _Add:
     request_id: str
@@ -44,6 +48,7 @@ class AsyncLLMEngine:
         self._thread: threading.Thread | None = None
         self._ids = itertools.count()
         self.dead: BaseException | None = None
+        self.stopping: EngineShutdownError | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -56,12 +61,24 @@ class AsyncLLMEngine:
             self._thread = threading.Thread(target=self._run, name="mistral-nemo-engine", daemon=True)
             self._thread.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the engine thread (after its current step; a daemon thread, so never waited on forever)."""
         self._inbox.put(None)
         self._wakeup.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
             self._thread = None
+
+    def stop_requests(self, reason: str) -> None:
+        """End every request in flight with EngineShutdownError(reason); refuse new ones likewise.
+
+        Call from the event loop. Each stream raises the error at its next read, after the
+        outputs already delivered, and its request is aborted (its KV blocks freed).
+        """
+        self.stopping = EngineShutdownError(reason)
+        for request_id, stream in list(self._streams.items()):
+            stream.put_nowait(EngineShutdownError(reason))
+            self.abort(request_id)
 
     def new_request_id(self, prefix: str = "req") -> str:
         return f"{prefix}-{next(self._ids)}"
@@ -80,6 +97,8 @@ class AsyncLLMEngine:
         """
         if self.dead is not None:
             raise EngineDeadError(f"the engine has stopped: {self.dead}")
+        if self.stopping is not None:
+            raise EngineShutdownError(str(self.stopping))
         self.start()
         assert self._loop is not None
         request_id = request_id or self.new_request_id()

@@ -61,7 +61,10 @@ class Scheduler:
                 f"the request needs up to {longest} tokens of KV cache but the whole cache holds {capacity}; "
                 "lower max_tokens or give the server more KV cache memory"
             )
-        if len(self.waiting) + n > self.max_queue:
+        # Free running slots are not queue places: requests added in one burst all wait until the
+        # next step moves up to max_num_seqs of them to running.
+        free_slots = max(0, self.max_num_seqs - len(self.running))
+        if len(self.waiting) + n > self.max_queue + free_slots:
             raise QueueFullError(f"the server is overloaded: {len(self.waiting)} requests are waiting")
 
     def add(self, seq: Sequence) -> None:

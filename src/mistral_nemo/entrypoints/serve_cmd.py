@@ -24,6 +24,7 @@ from mistral_nemo.entrypoints.model_options import (
 )
 
 API_KEY_ENV = "MISTRAL_NEMO_API_KEY"
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -60,6 +61,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help="request body limit (default 16MiB)",
     )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, exit within this many seconds; requests still running near the end get "
+        f"an error naming the shutdown; a second signal exits at once (default {DEFAULT_SHUTDOWN_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        nargs="*",
+        default=["*"],
+        metavar="ORIGIN",
+        help="browser origins allowed by CORS, as vLLM (default: * = any; none given: no CORS headers)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(run=run)
 
@@ -74,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: the other commands do not need the server's dependencies
 
     from mistral_nemo.entrypoints.server import ServerConfig, build_app
+    from mistral_nemo.entrypoints.server.shutdown import GracefulServer
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
@@ -86,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or None,
         served_model_names=list(args.served_model_name),
         max_body_bytes=args.max_body_size,
+        allowed_origins=list(args.allowed_origins),
+        shutdown_timeout=args.shutdown_timeout,
     )
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -102,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     uvicorn_config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on"
     )
-    server = uvicorn.Server(uvicorn_config)
+    server = GracefulServer(uvicorn_config)
     where = f"http://{args.host}:{args.port}"
     print(
         f"mistral-nemo serve: listening on {where} (loading the model; /health says when ready)",

@@ -26,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from mistral_nemo.tokenizer.errors import ChatFormatError
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+MAX_DEPTH = 64  # how deeply a message, tool or template variable may nest
 
 
 class _TemplateRaised(Exception):
@@ -121,11 +122,33 @@ class ChatTemplate:
         if eos_token is not None:
             self.variables["eos_token"] = eos_token
         try:
-            self._template = _environment().from_string(source)
+            environment = _environment()
+            self._ast = environment.parse(source)
+            self._template = environment.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise ChatFormatError(f"chat template syntax error at line {exc.lineno}: {exc.message}") from None
         except jinja2.TemplateError as exc:
             raise ChatFormatError(f"chat template cannot be compiled: {exc}") from None
+
+    @property
+    def reads_content_parts(self) -> bool:
+        """True if the template loops over a message's content (OpenAI parts), as vLLM detects it.
+
+        Such a template wants `[{"type": "text", "text": ...}]`; any other wants a string. Seen:
+        `{% for part in message['content'] %}`, `message.content`, or a variable named *content.
+        """
+        for loop in self._ast.find_all(jinja2.nodes.For):
+            kinds = (jinja2.nodes.Getattr, jinja2.nodes.Getitem, jinja2.nodes.Name)
+            for node in [loop.iter, *loop.iter.find_all(kinds)]:
+                if isinstance(node, jinja2.nodes.Getattr):
+                    key = node.attr
+                elif isinstance(node, jinja2.nodes.Getitem):
+                    key = getattr(node.arg, "value", None)
+                else:
+                    key = node.name
+                if isinstance(key, str) and key.endswith("content"):
+                    return True
+        return False
 
     def render(
         self,
@@ -145,10 +168,11 @@ class ChatTemplate:
                         f"tools[{i}] must be an object, got {type(tool).__name__}", param="tools"
                     )
         variables = {**self.variables, **_plain(extra)}
+        plain_tools = _plain(list(tools)) if tools is not None else None
         try:
             return self._template.render(
                 messages=chat,
-                tools=_plain(list(tools)) if tools is not None else None,
+                tools=plain_tools,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 **variables,
@@ -183,8 +207,11 @@ def _prepare_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return chat
 
 
-def _plain(value: Any) -> Any:
-    """Rebuild a value from plain JSON types, so the template sees no methods beyond theirs."""
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Rebuild a value from plain JSON types, so the template sees no methods beyond theirs.
+
+    Nesting is bounded (MAX_DEPTH): a client's 500-deep list is a clear error, not a RecursionError.
+    """
     if value is None or type(value) in (str, int, float, bool):
         return value
     if isinstance(value, str):
@@ -195,14 +222,51 @@ def _plain(value: Any) -> Any:
         return int.__int__(value)
     if isinstance(value, float):
         return float.__float__(value)
+    if depth >= MAX_DEPTH:
+        raise ChatFormatError(f"the conversation is nested deeper than {MAX_DEPTH} levels")
+    depth += 1
     if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
+        return {_plain(k, depth): _plain(v, depth) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, depth) for v in value]
     if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
+        return tuple(_plain(v, depth) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name), depth) for f in dataclasses.fields(value)}
     if callable(getattr(value, "model_dump", None)):
-        return _plain(value.model_dump())
+        return _plain(value.model_dump(), depth - 1)
     return f"<{type(value).__name__}>"
+
+
+def openai_messages_for_template(messages: list[Any], content_parts: bool) -> list[Any]:
+    """OpenAI messages in the shape a chat template can render (vLLM normalises the same way).
+
+    `content_parts` (ChatTemplate.reads_content_parts) False: text parts are joined by newlines
+    into one string. An assistant message whose content is null (a tool-call message, as the
+    openai SDK sends it back) gets "" so that templates that concatenate content still render.
+    Parts that are not text are refused: these models read text only.
+    """
+    prepared: list[Any] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            prepared.append(message)
+            continue
+        content = message.get("content")
+        if content is None and message.get("role") == "assistant":
+            message = {**message, "content": ""}
+        elif isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise ChatFormatError(
+                        f'content[{j}] must be a text part {{"type": "text", "text": ...}}; '
+                        f"this model reads text only (got type {kind!r})",
+                        message_index=i,
+                        param="content",
+                    )
+                texts.append(part["text"])
+            if not content_parts:
+                message = {**message, "content": "\n".join(texts)}
+        prepared.append(message)
+    return prepared

@@ -4,7 +4,8 @@
 thread after start-up, and /health answers 503 until it is done). The app owns the engine:
 it starts it on start-up and shuts it down with the server.
 
-Middleware, outermost first: one log line per request -> API key -> body-size limit -> routes.
+Middleware, outermost first: one log line per request -> CORS -> API key -> body-size limit -> routes.
+/openapi.json and /docs describe the real request bodies (openapi.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mistral_nemo import __version__
@@ -24,6 +26,7 @@ from mistral_nemo.entrypoints.server import chat, completions, routes
 from mistral_nemo.entrypoints.server.auth import ApiKeyMiddleware
 from mistral_nemo.entrypoints.server.config import ServerConfig
 from mistral_nemo.entrypoints.server.errors import BodyLimitMiddleware, install_error_handlers
+from mistral_nemo.entrypoints.server.openapi import install_openapi
 from mistral_nemo.entrypoints.server.state import ServerState
 from mistral_nemo.entrypoints.server.web import mount_web
 
@@ -54,16 +57,17 @@ def build_app(
             if loading is not None and not loading.done():
                 loading.cancel()
             if state.engine is not None:
-                await asyncio.to_thread(state.engine.shutdown)
+                await asyncio.to_thread(state.engine.shutdown, 2.0)  # after a step: well within a second
 
     app = FastAPI(
         title="mistral-nemo",
         version=__version__,
         lifespan=lifespan,
-        docs_url=None,
+        docs_url="/docs",
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
+    install_openapi(app)
     app.state.server = state
     install_error_handlers(app)
     app.include_router(chat.router)
@@ -74,6 +78,14 @@ def build_app(
     # add_middleware wraps what is there: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, config=config)
+    if config.allowed_origins:  # outside the key check: a 401 carries CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.allowed_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            allow_credentials=False,
+        )
     if config.log_requests:
         app.add_middleware(RequestLogMiddleware)
     return app

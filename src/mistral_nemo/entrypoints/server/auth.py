@@ -37,7 +37,15 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         if scope.get("method") == "OPTIONS":  # CORS pre-flight carries no credentials
             return await self.app(scope, receive, send)
-        presented = presented_key(dict(scope.get("headers") or []))
+        raw_headers = list(scope.get("headers") or [])
+        names = [name.lower() for name, _ in raw_headers]
+        duplicated = next((n for n in (b"authorization", b"x-api-key") if names.count(n) > 1), None)
+        if duplicated is not None:  # which one would count is ambiguous: refuse rather than guess
+            count = names.count(duplicated)
+            message = f"send one {duplicated.decode()} header, not {count}"
+            error = APIError(400, message, code="invalid_api_key")
+            return await error_response(error)(scope, receive, send)
+        presented = presented_key(dict(raw_headers))
         if key_matches(key, presented):
             return await self.app(scope, receive, send)
         message = (

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from mistral_nemo.engine.constraints import ConstraintFactory
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.entrypoints.server.chat_output import ChoiceState
-from mistral_nemo.entrypoints.server.chat_prompt import ChatPrompt, build_prompt
+from mistral_nemo.entrypoints.server.chat_prompt import ChatPrompt, build_prompt, message_text_length
 from mistral_nemo.entrypoints.server.common import (
     SSE_DONE,
     SSEResponse,
@@ -164,7 +164,8 @@ async def create_chat_completion(request: Request) -> Response:
     engine = state.require_engine()
     model = state.resolve_model(body.model)
     tokenizer = engine.tokenizer
-    prompt = build_prompt(tokenizer, body)
+    state.check_sequences(body.n, "n")
+    prompt = await asyncio.to_thread(_encode, state, tokenizer, body)  # CPU work: off the event loop
     guide = await guidance(body, tokenizer, state)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = body.top_logprobs or 0
@@ -218,6 +219,11 @@ async def create_chat_completion(request: Request) -> Response:
             "usage": _usage(final),
         }
     )
+
+
+def _encode(state: ServerState, tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
+    state.check_text_fits(message_text_length(list(body.messages)), "messages")
+    return build_prompt(tokenizer, body)
 
 
 def _feed(output: RequestOutput, choices: list[ChoiceState], timer: RequestTimer) -> list[dict[str, Any]]:

@@ -1,7 +1,10 @@
 """Chat messages -> prompt ids: the Mistral v3-Tekken encoder, or the model's own chat template.
 
 Mistral's extras live here: `safe_prompt` (its guardrail system prompt, prepended) and a final
-assistant message with `prefix: true`, which the answer continues.
+assistant message with `prefix: true`, which the answer continues. For a chat template, OpenAI's
+shapes are normalised first (text parts, null assistant content), as vLLM does.
+
+Encoding is CPU work: the endpoints call `build_prompt` in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from mistral_nemo.entrypoints.server.errors import APIError
 from mistral_nemo.entrypoints.server.protocol import ChatCompletionRequest
 from mistral_nemo.entrypoints.server.state import is_tekken
 from mistral_nemo.tokenizer import MistralChatEncoder, ToolCallIdMap
+from mistral_nemo.tokenizer.chat_template import openai_messages_for_template
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -44,11 +48,26 @@ def build_prompt(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
         encoded = MistralChatEncoder(tokenizer).encode(messages, tools)
         return ChatPrompt(encoded.ids, encoded.tool_call_ids, prefix)
     _check_roles(messages)  # a chat template renders whatever it is given: check the basics here
+    template = getattr(tokenizer, "chat_template", None)
+    messages = openai_messages_for_template(messages, bool(template and template.reads_content_parts))
     if prefix:  # a chat template knows no prefix: render the turns before it, then append its text
         return ChatPrompt(
             tokenizer.encode_chat(messages[:-1], tools) + tokenizer.encode(prefix), None, prefix
         )
     return ChatPrompt(tokenizer.encode_chat(messages, tools))
+
+
+def message_text_length(messages: list[Any]) -> int:
+    """Characters of text content in the messages: the prompt holds at least these."""
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+            total += sum(len(t) for t in texts if isinstance(t, str))
+    return total
 
 
 def _developer_as_system(message: Any) -> Any:

@@ -82,6 +82,19 @@ def read_prompts(tokenizer: Any, raw: Any) -> list[Prompt]:
     return prompts
 
 
+def _prompt_count(raw: Any) -> int:
+    if isinstance(raw, str) or not raw or all(isinstance(t, int) for t in raw):
+        return 1
+    return len(raw)
+
+
+def _encode(state: ServerState, tokenizer: Any, raw: Any) -> list[Prompt]:
+    texts = [raw] if isinstance(raw, str) else [t for t in raw or [] if isinstance(t, str)]
+    for text in texts:
+        state.check_text_fits(len(text), "prompt")
+    return read_prompts(tokenizer, raw)
+
+
 @router.post("/v1/completions", response_model=None)
 async def create_completion(request: Request) -> Response:
     state = get_state(request)
@@ -92,7 +105,8 @@ async def create_completion(request: Request) -> Response:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model", param="suffix")
     if body.max_tokens is not None and body.max_tokens < 0:
         raise APIError(400, f"max_tokens must be >= 0, got {body.max_tokens}", param="max_tokens")
-    prompts = read_prompts(engine.tokenizer, body.prompt)
+    state.check_sequences(_prompt_count(body.prompt) * max(body.n, 1), "prompt")
+    prompts = await asyncio.to_thread(_encode, state, engine.tokenizer, body.prompt)  # off the event loop
     score_only = body.max_tokens == 0
     prompt_logprobs = body.logprobs if body.echo else None  # echo + logprobs: the prompt's too
     params = [

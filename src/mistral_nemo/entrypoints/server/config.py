@@ -10,7 +10,11 @@ DEFAULT_MAX_BODY_BYTES = 16 << 20  # 16 MiB: a long conversation fits easily, a 
 NEMO_ALIASES = ("open-mistral-nemo", "open-mistral-nemo-2407")
 
 # Paths answered without an API key. Everything else (the /v1 API, tokenizer endpoints) needs one.
-PUBLIC_PATHS = frozenset({"/health", "/version", "/metrics", "/", "/favicon.ico"})
+PUBLIC_PATHS = frozenset(
+    {"/health", "/version", "/metrics", "/", "/favicon.ico"}
+    | {"/openapi.json", "/docs", "/docs/oauth2-redirect"}  # the API's description, as vLLM serves it
+)
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds from SIGTERM to exit: in-flight requests get most of it
 PUBLIC_PREFIXES = ("/static/",)
 
 
@@ -27,12 +31,17 @@ class ServerConfig:
     public_prefixes: tuple[str, ...] = PUBLIC_PREFIXES
     web_page: bool = True  # the chat page at / (static files, no CDN)
     log_requests: bool = True  # one log line per request (logger "mistral_nemo.server")
+    # CORS, as vLLM: any origin by default ("*", no credentials); [] sends no CORS headers at all.
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
         if self.api_key is not None and not self.api_key:
             raise ValueError("the API key must not be empty")
+        if not 0.0 < self.shutdown_timeout <= 3600:
+            raise ValueError("shutdown_timeout must be in (0, 3600] seconds")
         if not 0.0 <= self.default_temperature <= 2.0:
             raise ValueError("default_temperature must be in [0, 2]")
 

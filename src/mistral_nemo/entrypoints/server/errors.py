@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mistral_nemo.engine.async_engine import EngineDeadError
+from mistral_nemo.engine.async_engine import EngineDeadError, EngineShutdownError
 from mistral_nemo.engine.errors import QueueFullError, RequestError
 from mistral_nemo.engine.sampling_params import SamplingParamsError
 from mistral_nemo.tokenizer import ChatFormatError, TokenizerError
@@ -70,6 +70,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), code=code)
     if isinstance(exc, QueueFullError):
         return APIError(503, str(exc), code="overloaded", headers={"Retry-After": "1"})
+    if isinstance(exc, EngineShutdownError):
+        return APIError(503, str(exc), code="server_shutdown")
     if isinstance(exc, EngineDeadError):
         return APIError(503, "the engine has stopped; see the server log", code="engine_dead")
     return APIError(500, "internal server error; see the server log", code="internal_error")
@@ -81,12 +83,19 @@ def validation_error(exc: RequestValidationError | Any) -> APIError:
     if not errors:
         return APIError(400, "the request body is invalid")
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
+    param = _path([part for part in first.get("loc", ()) if part != "body"]) or None
     if first.get("type") == "json_invalid":
         return APIError(400, "the request body is not valid JSON")
     message = str(first.get("msg", "invalid value"))
     return APIError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _path(loc: list[Any]) -> str:
+    """("tools", 0, "function", "name") -> "tools[0].function.name"."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -115,6 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
         SamplingParamsError,
         QueueFullError,
         EngineDeadError,
+        EngineShutdownError,
     ):
         app.add_exception_handler(kind, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -1,25 +1,59 @@
 """Request bodies of the OpenAI- and Mistral-compatible API, as pydantic models.
 
-Messages and tools stay plain dicts here: the tokenizer's chat layer checks them with messages
-that name the offending `messages[i]`, exactly as mistral_common would. Unknown fields are kept
-(`model_extra`) and otherwise ignored, since SDKs send fields a self-hosted server has no use for.
+Types are strict (`"stream": "yes"` or `"top_logprobs": "5"` is a 400, never coerced). Messages
+and tools stay dicts (TypedDicts): their shape is checked here, the conversation rules by the
+tokenizer's chat layer, with messages that name the offending `messages[i]` as mistral_common
+would. Unknown fields are kept (`model_extra`) and otherwise ignored, since SDKs send fields a
+self-hosted server has no use for. Bodies nested deeper than MAX_JSON_DEPTH are refused before
+anything walks them recursively.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NotRequired, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from mistral_nemo.entrypoints.server.errors import APIError, validation_error
 
 T = TypeVar("T", bound=BaseModel)
 
+# Deeper JSON is refused with a 400: a real request (a JSON schema in tools or response_format
+# included) is far shallower, and recursive code downstream (templates, JSON encoders) is safe.
+MAX_JSON_DEPTH = 64
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+@with_config(ConfigDict(extra="allow"))
+class FunctionDefinition(TypedDict):
+    name: str
+    description: NotRequired[str | None]
+    parameters: NotRequired[dict[str, Any] | None]  # a JSON schema (checked by the tokenizer layer)
+    strict: NotRequired[bool | None]
+
+
+@with_config(ConfigDict(extra="allow"))
+class Tool(TypedDict):
+    type: NotRequired[Literal["function"]]
+    function: FunctionDefinition
+
+
+@with_config(ConfigDict(extra="allow"))
+class ChatMessage(TypedDict):
+    """One message as OpenAI and Mistral send it (the conversation rules are the tokenizer's)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: NotRequired[str | list[dict[str, Any]] | None]  # a text, or parts {"type": "text", "text"}
+    name: NotRequired[str | None]
+    tool_calls: NotRequired[list[dict[str, Any]] | None]
+    tool_call_id: NotRequired[str | None]
+    prefix: NotRequired[bool]  # Mistral: a final assistant message the answer continues
 
 
 class StreamOptions(_Request):
@@ -51,14 +85,14 @@ class SamplingFields(_Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # OpenAI's newer name; wins over max_tokens
     random_seed: int | None = None  # Mistral's name for seed
     safe_prompt: bool = False  # Mistral: prepend its guardrail system prompt
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None  # auto, none, any, required, {"type": "function", ...}
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
@@ -75,8 +109,8 @@ class CompletionRequest(SamplingFields):
 class TokenizeRequest(_Request):
     model: str | None = None
     prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[Tool] | None = None
     add_special_tokens: bool = True
     return_token_strs: bool = False
 
@@ -106,6 +140,8 @@ async def parse_body(request: Request, model: type[T]) -> T:
         content_type = request.headers.get("content-type", "")
         hint = "" if "json" in content_type else " (send it with Content-Type: application/json)"
         raise APIError(400, f"the request body is not valid JSON{hint}") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise APIError(400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     if b"\\ud" in raw.lower() and not _encodable(data):
         raise APIError(400, "the request body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)")
     if not isinstance(data, dict):
@@ -116,6 +152,25 @@ async def parse_body(request: Request, model: type[T]) -> T:
         raise validation_error(exc) from None
     except RecursionError:
         raise APIError(400, "the request body is nested too deeply") from None
+
+
+def json_depth(data: Any) -> int:
+    """How deeply arrays and objects nest (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                return deepest  # enough to refuse it
+        stack.extend((child, depth) for child in value if isinstance(child, dict | list))
+    return deepest
 
 
 def _encodable(data: Any) -> bool:

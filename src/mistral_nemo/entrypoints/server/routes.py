@@ -18,11 +18,28 @@ router = APIRouter()
 
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:
+    """OpenAI's model object plus the fields of La Plateforme's card (the mistralai SDK requires
+    `type` and `capabilities`); vLLM's `root` / `max_model_len` too."""
+    tekken = is_tekken(state.tokenizer)
     return {
         "id": name,
         "object": "model",
         "created": state.created,
         "owned_by": "mistral-nemo",
+        "type": "base",
+        "name": name,
+        "description": f"{state.model_names[0]} served by mistral-nemo {__version__}",
+        "capabilities": {
+            "completion_chat": True,
+            "function_calling": tekken,  # tool calls are parsed for the Mistral chat format
+            "completion_fim": False,
+            "fine_tuning": False,
+            "vision": False,
+            "classification": False,
+        },
+        "max_context_length": state.max_model_len,
+        "aliases": [other for other in state.model_names if other != name],
+        "deprecation": None,
         "root": state.model_names[0],
         "max_model_len": state.max_model_len,
     }

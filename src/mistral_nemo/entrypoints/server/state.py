@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from mistral_nemo.entrypoints.server.errors import APIError
 from mistral_nemo.entrypoints.server.metrics import ServerMetrics
 from mistral_nemo.tokenizer import TekkenTokenizer
 
+SHUTDOWN_MESSAGE = "the server is shutting down"
+
 
 class ServerState:
     def __init__(self, config: ServerConfig) -> None:
@@ -27,6 +30,7 @@ class ServerState:
         self.metrics = ServerMetrics(self._stats)
         self._cache: dict[str, Any] = {}  # per-model helpers built on first use (grammar compiler)
         self._cache_lock = threading.Lock()
+        self.shutting_down = False
 
     def _stats(self) -> EngineStats | None:
         return self.engine.stats() if self.engine is not None else None
@@ -45,11 +49,20 @@ class ServerState:
         self.model_names = list(dict.fromkeys(names))  # unique, in order
         self.engine = engine
 
+    async def drain(self, grace: float) -> None:
+        """Refuse new requests now; end those still running after `grace` seconds (shutdown.py)."""
+        self.shutting_down = True
+        await asyncio.sleep(grace)
+        if self.engine is not None:
+            self.engine.stop_requests(f"{SHUTDOWN_MESSAGE}; the request was stopped")
+
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.dead is None
+        return self.engine is not None and self.engine.dead is None and not self.shutting_down
 
     def require_engine(self) -> AsyncLLMEngine:
+        if self.shutting_down:
+            raise APIError(503, SHUTDOWN_MESSAGE, code="server_shutdown")
         if self.engine is None:
             if self.load_error is not None:
                 raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
@@ -85,10 +98,49 @@ class ServerState:
         engine = self.require_engine().engine
         return min(engine.max_model_len, engine.blocks.num_blocks * engine.blocks.block_size)
 
+    @property
+    def max_sequences(self) -> int:
+        """Sequences the engine ever holds at once: running slots plus the waiting queue."""
+        config = self.require_engine().engine.config
+        return int(config.max_num_seqs + config.max_queue)
+
+    def check_sequences(self, count: int, param: str) -> None:
+        """400 for a request of more sequences than the server can ever hold (a 503 would be retried)."""
+        if count > self.max_sequences:
+            raise APIError(
+                400,
+                f"the request asks for {count} sequences; this server holds at most {self.max_sequences} "
+                "at once (max_num_seqs + max_queue)",
+                param=param,
+            )
+
+    def check_text_fits(self, characters: int, param: str) -> None:
+        """400 before tokenizing a text that cannot fit the context whatever its tokens.
+
+        A token covers at most `max_token_bytes` bytes (so characters): a longer text has more
+        tokens than the context holds. This refuses a 10 MB prompt without spending seconds on it.
+        """
+        longest = self.cached("max_token_bytes", lambda: max_token_bytes(self.tokenizer))
+        limit = self.max_model_len * longest
+        if characters > limit:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {self.max_model_len} tokens; the prompt has "
+                f"{characters} characters, more than {self.max_model_len} tokens can hold (at most "
+                f"{longest} characters each)",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     def default_max_tokens(self, prompt_len: int) -> int | None:
         """No max_tokens given: the rest of what the sequence can hold (None lets the engine say why not)."""
         room = self.capacity - prompt_len
         return room if room >= 1 else None
+
+
+def max_token_bytes(tokenizer: Any) -> int:
+    """The longest token of the vocabulary, in bytes."""
+    return max(len(tokenizer.id_to_bytes(i)) for i in range(tokenizer.vocab_size))
 
 
 def is_tekken(tokenizer: Any) -> bool:
