@@ -220,7 +220,9 @@ class BpeTokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Text to ids; the text of an added token (e.g. "<|im_start|>") encodes to that token."""
-        ids = self._tok.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL, encode holds it: a long text must not stall the other threads
+        # (the server encodes in a worker thread beside its event loop).
+        ids = self._tok.encode_batch([text], add_special_tokens=False)[0].ids
         if bos:
             ids.insert(0, self.bos_id)
         if eos:

@@ -7,6 +7,7 @@ a 500 means a bug in this server (it is logged with its traceback, the client se
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -90,10 +91,18 @@ def validation_error(exc: RequestValidationError | Any) -> APIError:
     return APIError(400, f"{param}: {message}" if param else message, param=param)
 
 
+# The member of a union that pydantic names in an error's location ("str", "list[int]"...): not a field.
+_UNION_MEMBER = re.compile(
+    r"^(str|int|float|bool|none|list|dict|tuple|literal|typed-dict|function-\w+|json-or-python|nullable)(\[.*\])?$"
+)
+
+
 def _path(loc: list[Any]) -> str:
-    """("tools", 0, "function", "name") -> "tools[0].function.name"."""
+    """("tools", 0, "function", "name") -> "tools[0].function.name" (union members left out)."""
     path = ""
     for part in loc:
+        if isinstance(part, str) and _UNION_MEMBER.match(part):
+            continue
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
