@@ -261,6 +261,49 @@ def test_mistralai_random_seed_and_alias(nemo_server: RunningServer) -> None:
     assert "".join(e.data.choices[0].delta.content or "" for e in streamed if e.data.choices) == first
 
 
+def test_mistralai_models_list_and_retrieve(nemo_server: RunningServer) -> None:
+    """La Plateforme's model cards (type, capabilities...), which the SDK requires; openai reads them too."""
+    client = mistral_client(nemo_server)
+    listed = client.models.list()
+    names = [NEMO_NAME, "open-mistral-nemo", "open-mistral-nemo-2407"]
+    assert [card.id for card in listed.data] == names
+    card = client.models.retrieve(model_id="open-mistral-nemo")
+    assert card.id == "open-mistral-nemo" and card.type == "base"
+    assert card.capabilities.completion_chat and card.capabilities.function_calling
+    assert not card.capabilities.vision and card.max_context_length == 4096
+    assert set(card.aliases) == set(names) - {"open-mistral-nemo"}
+    assert [m.id for m in openai_client(nemo_server).models.list()] == names
+
+
+def test_mistralai_tool_calls_and_tool_results(nemo_server: RunningServer, model_calls_weather: None) -> None:
+    client = mistral_client(nemo_server)
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    answer = client.chat.complete(model=NEMO_NAME, messages=question, tools=[WEATHER_TOOL], max_tokens=60)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    streamed = [
+        call
+        for event in client.chat.stream(
+            model=NEMO_NAME, messages=question, tools=[WEATHER_TOOL], max_tokens=60
+        )
+        if event.data.choices
+        for call in event.data.choices[0].delta.tool_calls or []
+    ]
+    assert [c.function.name for c in streamed] == ["get_weather"]
+    # The SDK's own message objects go back as the conversation, with the tool's result.
+    follow_up = [
+        *question,
+        choice.message,
+        {"role": "tool", "tool_call_id": call.id, "name": "get_weather", "content": '{"temperature": 21}'},
+    ]
+    final = client.chat.complete(
+        model=NEMO_NAME, messages=follow_up, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=3
+    )
+    assert final.choices[0].finish_reason in ("stop", "length") and final.usage.prompt_tokens > 0
+
+
 def test_safe_prompt_is_prepended(nemo_server: RunningServer) -> None:
     client = mistral_client(nemo_server)
     plain = client.chat.complete(model=NEMO_NAME, messages=QUESTION, max_tokens=1)
