@@ -263,7 +263,7 @@ async def _stream(
                 yield sse(chunk)
     except Exception as exc:  # after the headers: the error goes into the stream
         error = to_api_error(exc)
-        if error.status >= 500:
+        if error.status >= 500 and error.code != "server_shutdown":  # a shutdown is no failure to trace
             logger.exception("generation failed in %s", head["id"])
         yield sse(
             {

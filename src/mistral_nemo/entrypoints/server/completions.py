@@ -259,7 +259,7 @@ async def _stream(
                 )
     except Exception as exc:
         error = to_api_error(exc)
-        if error.status >= 500:
+        if error.status >= 500 and error.code != "server_shutdown":  # a shutdown is no failure to trace
             logger.exception("generation failed in %s", head["id"])
         yield sse(
             {"error": {"message": error.message, "type": error.type, "param": None, "code": error.code}}

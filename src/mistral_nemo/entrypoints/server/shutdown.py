@@ -44,6 +44,15 @@ class GracefulServer(uvicorn.Server):
         self._signalled_at: float | None = None
         self._drain: asyncio.Task[None] | None = None
 
+    def run(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        super().run(sockets)
+        if self._signalled_at is not None:
+            # Everything is closed; tearing the interpreter down (torch, the model's maps) can take
+            # seconds past the deadline, and the watchdog cannot run during it.
+            logger.info("stopped %.1fs after the signal", time.monotonic() - self._signalled_at)
+            logging.shutdown()
+            _exit(0)
+
     async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
