@@ -91,7 +91,15 @@ def test_generate_echo_and_stop(nemo_folder: Path) -> None:
     assert free.returncode == 0, free.stderr
     completion = free.stdout.removesuffix("\n")
     echoed = run(
-        "mistral-nemo", "generate", str(nemo_folder), "--prompt", "abc", "--max-tokens", "12", "--echo", *greedy
+        "mistral-nemo",
+        "generate",
+        str(nemo_folder),
+        "--prompt",
+        "abc",
+        "--max-tokens",
+        "12",
+        "--echo",
+        *greedy,
     )
     assert echoed.stdout == "abc" + free.stdout
     stop = completion[4:7]
