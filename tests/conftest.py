@@ -38,3 +38,14 @@ def console_script(name: str) -> str:
     path = Path(sys.executable).parent / name
     assert path.is_file(), f"{name} is not installed beside {sys.executable}: run scripts/setup.sh"
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_loaded():
+    """The embedded SmolLM2-135M-Instruct GGUF, loaded once for the whole session (as `load()` does)."""
+    import torch
+
+    from mistral_nemo.model.loading import load
+    from tests.gguf_fixture import smollm2_gguf_path
+
+    return load(smollm2_gguf_path(), dtype=torch.float32, device="cpu")

@@ -86,11 +86,20 @@ def test_interactive_chat_commands(nemo_folder: Path) -> None:
 
 
 def test_generate_echo_and_stop(nemo_folder: Path) -> None:
-    free = run("mistral-nemo", "generate", str(nemo_folder), "--prompt", "abc", "--max-tokens", "12")
+    greedy = ("--temperature", "0")  # a NeMo-shaped folder samples at 0.3 by default
+    free = run("mistral-nemo", "generate", str(nemo_folder), "--prompt", "abc", "--max-tokens", "12", *greedy)
     assert free.returncode == 0, free.stderr
     completion = free.stdout.removesuffix("\n")
     echoed = run(
-        "mistral-nemo", "generate", str(nemo_folder), "--prompt", "abc", "--max-tokens", "12", "--echo"
+        "mistral-nemo",
+        "generate",
+        str(nemo_folder),
+        "--prompt",
+        "abc",
+        "--max-tokens",
+        "12",
+        "--echo",
+        *greedy,
     )
     assert echoed.stdout == "abc" + free.stdout
     stop = completion[4:7]
@@ -105,6 +114,7 @@ def test_generate_echo_and_stop(nemo_folder: Path) -> None:
             "12",
             "--stop",
             stop,
+            *greedy,
         )
         assert stopped.stdout.removesuffix("\n") == completion[: completion.find(stop)]
 
@@ -130,11 +140,11 @@ def test_chat_session_keeps_both_sides_of_each_turn(nemo_folder: Path) -> None:
 
     from mistral_nemo.engine.llm_engine import LLMEngine
     from mistral_nemo.engine.sampling_params import SamplingParams
-    from mistral_nemo.entrypoints.chat_cmd import ChatSession
+    from mistral_nemo.entrypoints.chat_cmd import LocalConversation
     from mistral_nemo.model.loading import load
 
     engine = LLMEngine(load(nemo_folder, dtype=torch.float32, device="cpu"))
-    session = ChatSession(engine, SamplingParams(max_tokens=4, temperature=0), system="Be brief.")
+    session = LocalConversation(engine, SamplingParams(max_tokens=4, temperature=0), system="Be brief.")
     sink = io.StringIO()
     first = session.reply("first question", out=sink)
     session.reply("second question", out=sink)

@@ -23,8 +23,8 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2(gguf_path: Path) -> LoadedModel:
-    return load(gguf_path, dtype=torch.float32, device="cpu")
+def smollm2(smollm2_loaded: LoadedModel) -> LoadedModel:
+    return smollm2_loaded  # loaded once per session (conftest)
 
 
 def test_args_from_gguf_metadata(smollm2: LoadedModel) -> None:

@@ -12,7 +12,6 @@ from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
-from tests.gguf_fixture import smollm2_gguf_path
 from tests.nemo_checkpoints import random_reference_model, write_mistral_folder
 
 QUESTIONS = [
@@ -36,8 +35,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> LoadedModel:
-    return load(smollm2_gguf_path(), dtype=torch.float32, device="cpu")
+def smollm2(smollm2_loaded: LoadedModel) -> LoadedModel:
+    return smollm2_loaded  # loaded once per session (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,6 @@ def test_input_forms_and_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unsupported_types_raise(qtype: int | str) -> None:
     with pytest.raises(UnsupportedQuantizationError) as err:
         dequantize(np.zeros(64, np.uint8), qtype, (256,))
-    assert isinstance(err.value, ValueError)
     name = qtype.name if isinstance(qtype, QT) else QT(qtype).name if qtype == int(QT.MXFP4) else str(qtype)
     assert name in str(err.value)
 

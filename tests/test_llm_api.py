@@ -13,18 +13,17 @@ import torch
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.llm import LLM, split_tool_calls
 from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.model.loading import LoadedModel, load
+from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.tokenizer import MistralChatEncoder
 from mistral_nemo.tokenizer.chat_messages import ToolCall
-from tests.gguf_fixture import smollm2_gguf_path
 from tests.nemo_checkpoints import random_reference_model, write_mistral_folder
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> LoadedModel:
-    return load(smollm2_gguf_path(), dtype=torch.float32, device="cpu")
+def smollm2(smollm2_loaded: LoadedModel) -> LoadedModel:
+    return smollm2_loaded  # loaded once per session (conftest)
 
 
 @pytest.fixture(scope="module")

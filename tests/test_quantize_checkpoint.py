@@ -17,10 +17,10 @@ from torch import nn
 
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.entrypoints.quantize_cmd import quantize_checkpoint
 from mistral_nemo.model.loading import LoadedModel, detect_format, load
 from mistral_nemo.model.quant import Int4Linear, Int8Linear
 from mistral_nemo.model.quant.checkpoint import FORMAT, VERSION
+from mistral_nemo.model.quant.convert import quantize_checkpoint
 from mistral_nemo.model.weights import CheckpointError
 from tests.conftest import console_script
 from tests.gguf_fixture import smollm2_gguf_path

@@ -14,7 +14,7 @@ from tests.test_load_memory import write_folder
 MEASURE = r"""
 import sys, torch
 from pathlib import Path
-from mistral_nemo.entrypoints.quantize_cmd import quantize_checkpoint
+from mistral_nemo.model.quant.convert import quantize_checkpoint
 from mistral_nemo.model.loading import load
 from mistral_nemo.model.quant import Int4Linear, Int8Linear
 

@@ -65,13 +65,13 @@ def test_interactive_keeps_the_conversation(server: str, monkeypatch, capsys) ->
     sent: list[list[dict]] = []
     from mistral_nemo.entrypoints import remote_chat
 
-    stream = remote_chat.RemoteSession._stream
+    answer_pieces = remote_chat.RemoteConversation.answer_pieces
 
-    def spy(self, body):
-        sent.append(body["messages"])
-        return stream(self, body)
+    def spy(self, conversation):
+        sent.append(conversation)
+        return answer_pieces(self, conversation)
 
-    monkeypatch.setattr(remote_chat.RemoteSession, "_stream", spy)
+    monkeypatch.setattr(remote_chat.RemoteConversation, "answer_pieces", spy)
     assert (
         main(["chat", "--url", server, "--api-key", API_KEY, "--temperature", "0", "--max-tokens", "20"]) == 0
     )

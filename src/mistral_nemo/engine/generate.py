@@ -1,6 +1,8 @@
-"""Single-request generation: prefill the prompt, then sample token by token with a dense KV cache.
+"""TEST ORACLE, not a generation path: prefill the prompt, then sample token by token with a dense KV cache.
 
-The batched engine replaces the loop and the cache, not the model. Text is streamed through
+Every command and API generates through the engine (LLMEngine / LLM); this loop stays only as an
+independent reference for tests and for bench/compare.py's kernel-only figure. It ignores penalties,
+min_tokens and include_stop_str_in_output, so never call it for users. Text is streamed through
 the incremental detokenizer (never half a character) and the stop-string filter (never any
 part of a stop string).
 """

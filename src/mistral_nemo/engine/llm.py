@@ -147,8 +147,10 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None,
         use_tqdm: bool,
     ) -> list[RequestOutput]:
-        if params is None or isinstance(params, SamplingParams):
-            per_prompt = [params or SamplingParams()] * len(prompts)
+        if params is None:  # the model's own sampling settings (generation_config.json, NeMo's 0.3, ...)
+            params = SamplingParams(**self.loaded.generation_defaults.sampling_fields())
+        if isinstance(params, SamplingParams):
+            per_prompt = [params] * len(prompts)
         else:
             per_prompt = list(params)
             if len(per_prompt) != len(prompts):

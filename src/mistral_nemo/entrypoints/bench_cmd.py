@@ -13,20 +13,15 @@ import platform
 import resource
 import time
 from datetime import UTC, datetime
-
-import torch
+from typing import TYPE_CHECKING
 
 from mistral_nemo import __version__
-from mistral_nemo.engine.llm_engine import LLMEngine
-from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.entrypoints.model_options import (
-    add_engine_arguments,
-    add_model_argument,
-    engine_config_from_args,
-    load_for_cli,
-)
-from mistral_nemo.model.loading import LoadedModel
-from mistral_nemo.model.quant import weight_bytes as weight_bytes_read
+from mistral_nemo.entrypoints.model_options import add_engine_arguments, add_model_argument
+
+if TYPE_CHECKING:
+    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.engine.sampling_params import SamplingParams
+    from mistral_nemo.model.loading import LoadedModel
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,6 +39,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.engine.sampling_params import SamplingParams
+    from mistral_nemo.entrypoints.model_options import engine_config_from_args, load_for_cli
+    from mistral_nemo.model.quant import weight_bytes as weight_bytes_read
+
     if args.prompt_len < 1 or args.gen_len < 2 or args.batch < 1:
         raise ValueError("--prompt-len and --batch must be >= 1, --gen-len >= 2")
     loaded = load_for_cli(args)
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _random_prompts(loaded: LoadedModel, count: int, length: int, seed: int) -> list[list[int]]:
+    import torch
+
     tokenizer = loaded.tokenizer
     first_text_id = getattr(tokenizer, "num_special_tokens", 0)
     generator = torch.Generator().manual_seed(seed)

@@ -1,9 +1,11 @@
 """`mistral-chat` and `mistral-demo`: drop-ins for the commands of the archived mistral-inference.
 
 Same positional model folder, same flags (`--max_tokens`, `--temperature`, `--instruct`; the
-dashed spellings work too), same defaults and the same output: answers followed by a line of
+dashed spellings work too), the same output: answers followed by a line of
 "=====================". Differences: Ctrl-D ends the chat cleanly instead of a traceback,
-and LoRA adapters are refused with a clear message until fine-tuning lands.
+LoRA adapters are refused with a clear message, `--seed N` makes sampling repeatable, and
+mistral-chat samples at the model's own defaults (NeMo: 0.3) rather than 0.7 unless --temperature says.
+Generation goes through the engine, as every other command's does (same penalties, stops, seeds).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mistral_nemo.engine.generate import generate
+from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.entrypoints.model_options import single_request_engine, stream_text
+from mistral_nemo.model.generation_defaults import GenerationDefaults
 from mistral_nemo.model.loading import load
 
 SEPARATOR = "====================="
@@ -25,13 +29,19 @@ DEMO_PROMPTS = (
 )
 
 
-def _parser(prog: str, temperature: float) -> argparse.ArgumentParser:
+def _parser(prog: str, temperature: float | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument(
         "model_path", help="a model folder (params.json, consolidated.safetensors, tekken.json)"
     )
     parser.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=35)
-    parser.add_argument("--temperature", type=float, default=temperature)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"default {temperature}" if temperature is not None else "default: the model's (NeMo: 0.3)",
+    )
+    parser.add_argument("--seed", type=int, help="make sampling repeatable (not in mistral-inference)")
     parser.add_argument("--lora_path", "--lora-path", dest="lora_path")
     parser.add_argument(
         "--num_pipeline_ranks", "--num-pipeline-ranks", type=int, default=1, help="accepted, ignored"
@@ -39,8 +49,17 @@ def _parser(prog: str, temperature: float) -> argparse.ArgumentParser:
     return parser
 
 
-def _params(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
+def _params(args: argparse.Namespace, defaults: GenerationDefaults) -> SamplingParams:
+    """The model's sampling defaults, under the flags the user gave."""
+    fields = {**defaults.sampling_fields(), "max_tokens": args.max_tokens, "seed": args.seed}
+    if args.temperature is not None:
+        fields["temperature"] = args.temperature
+    return SamplingParams(**fields)
+
+
+def complete(engine: LLMEngine, ids: list[int], params: SamplingParams) -> str:
+    """The whole answer to `ids`, through the engine."""
+    return "".join(stream_text(engine, ids, params))
 
 
 def _run(main: Any, argv: Sequence[str] | None) -> int:
@@ -57,13 +76,14 @@ def mistral_chat(argv: Sequence[str] | None = None) -> int:
 
 
 def _mistral_chat(argv: Sequence[str] | None) -> int:
-    parser = _parser("mistral-chat", temperature=0.7)
+    parser = _parser("mistral-chat", temperature=None)
     parser.add_argument("--instruct", action="store_true", help="use the chat format")
     args = parser.parse_args(argv)
     if args.lora_path:
         raise ValueError("LoRA adapters are not supported yet (--lora_path)")
     loaded = load(args.model_path)
-    tokenizer, params = loaded.tokenizer, _params(args)
+    engine = single_request_engine(loaded)
+    tokenizer, params = loaded.tokenizer, _params(args, loaded.generation_defaults)
     messages: list[dict[str, str]] = []
     prompt = ""
     while True:
@@ -78,7 +98,7 @@ def _mistral_chat(argv: Sequence[str] | None) -> int:
         else:
             prompt += user_input
             ids = tokenizer.encode(prompt, bos=True)
-        answer = generate(loaded.model, tokenizer, ids, params).text
+        answer = complete(engine, ids, params)
         print(answer)
         print(SEPARATOR)
         if args.instruct:
@@ -97,9 +117,10 @@ def _mistral_demo(argv: Sequence[str] | None) -> int:
     if args.lora_path:
         raise ValueError("LoRA adapters are not supported yet (--lora_path)")
     loaded = load(args.model_path)
+    engine = single_request_engine(loaded)
     for prompt in DEMO_PROMPTS:
         ids = loaded.tokenizer.encode(prompt, bos=True)
-        completion = generate(loaded.model, loaded.tokenizer, ids, _params(args)).text
+        completion = complete(engine, ids, _params(args, GenerationDefaults(temperature=0.0)))
         print(prompt + completion)
         print(SEPARATOR)
     return 0

@@ -1,7 +1,8 @@
 """`mistral-nemo chat --url URL`: the terminal chat against a running server instead of a local model.
 
-Answers stream from `POST /v1/chat/completions` (SSE); the commands and the input handling are the
-local chat's (chat_cmd). Ctrl-C stops an answer: closing the connection makes the server abort it.
+Answers stream from `POST /v1/chat/completions` (SSE); the conversation, the commands and the input
+handling are chat_repl's. Ctrl-C stops an answer: closing the connection makes the server abort it.
+Sampling fields the user gives no flag for are left out, so the server applies the model's defaults.
 """
 
 from __future__ import annotations
@@ -9,16 +10,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from mistral_nemo.engine.errors import RequestError
+from mistral_nemo.entrypoints.chat_repl import Conversation
 
 API_KEY_ENV = "MISTRAL_NEMO_API_KEY"  # the variable `mistral-nemo serve` reads its key from
 TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a long prompt on a CPU can take a while before its first token
+
+
+# The chat flags sent as request fields (the same names in the OpenAI / vLLM API).
+_REQUEST_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_tokens",
+    "max_tokens",
+    "seed",
+)
 
 
 class RemoteError(RequestError):
@@ -41,51 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class RemoteSession:
-    """A conversation whose answers come from the server (the interface of chat_cmd.ChatSession)."""
+class RemoteConversation(Conversation):
+    """A conversation whose answers come from the server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.system)
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         self.url = args.url.rstrip("/")
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
-        self.system: str | None = args.system
-        self.messages: list[dict[str, Any]] = []
+        # Only the flags the user gave: the server fills the rest with the model's defaults.
         self.options: dict[str, Any] = {
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "max_tokens": args.max_tokens,
-            **({"top_k": args.top_k} if args.top_k else {}),
-            **({"seed": args.seed} if args.seed is not None else {}),
+            name: getattr(args, name) for name in _REQUEST_FIELDS if getattr(args, name, None) is not None
         }
+        if not args.repetition_guard:
+            raise ValueError("--no-repetition-guard applies to a local model; the server has no such guard")
         self.model = args.served_model or args.model or self._first_model()
 
-    def reset(self) -> None:
-        self.messages = []
-
-    def reply(self, text: str, out: Any) -> str:
-        """Add the user's message, stream the answer to `out`, keep it in the conversation."""
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        body = {
-            "model": self.model,
-            "messages": [*system, *self.messages, {"role": "user", "content": text}],
-            "stream": True,
-            **self.options,
-        }
-        pieces: list[str] = []
-        stream = self._stream(body)
-        try:
-            for piece in stream:
-                pieces.append(piece)
-                out.write(piece)
-                out.flush()
-        except KeyboardInterrupt:
-            pass  # keep what was said so far
-        finally:
-            stream.close()  # closes the connection: the server aborts the answer
-        out.write("\n")
-        answer = "".join(pieces)
-        self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer or " "}]
-        return answer
+    def answer_pieces(self, conversation: list[dict[str, Any]]) -> Iterator[str]:
+        body = {"model": self.model, "messages": conversation, "stream": True, **self.options}
+        return self._stream(body)
 
     def _stream(self, body: dict[str, Any]) -> Iterator[str]:
         try:
@@ -142,18 +132,3 @@ def _message(body: Any) -> str | None:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def run(args: argparse.Namespace) -> int:
-    session = RemoteSession(args)
-    if args.prompt is not None:
-        session.reply(args.prompt, out=sys.stdout)
-        return 0
-    print(
-        f"Chatting with {session.model} at {session.url}. /help for commands, Ctrl-D to quit.",
-        file=sys.stderr,
-    )
-    from mistral_nemo.entrypoints.chat_cmd import _interactive  # chat_cmd imports this module
-
-    _interactive(session)  # type: ignore[arg-type]
-    return 0

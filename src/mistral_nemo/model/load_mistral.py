@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.weights import CheckpointError, interleaved_to_half, safetensors_keys
+from mistral_nemo.model.weights import (
+    CheckpointError,
+    interleaved_to_half,
+    open_safetensors,
+    read_json,
+    safetensors_keys,
+)
 
 
 def read_mistral_args(folder: Path) -> ModelArgs:
-    return ModelArgs.from_params_json(json.loads((folder / "params.json").read_text()))
+    params = read_json(folder / "params.json")
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{folder / 'params.json'} must hold a JSON object")
+    return ModelArgs.from_params_json(params)
 
 
 def iter_mistral_tensors(
@@ -30,7 +37,7 @@ def iter_mistral_tensors(
     """
     scales = _fp8_scales(files)
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file) as f:
             for name in sorted(f.keys()):
                 if name.endswith(_SCALE_SUFFIXES):
                     continue
@@ -53,7 +60,7 @@ def _fp8_scales(files: list[Path]) -> dict[str, torch.Tensor]:
     """Every FP8 scale of the checkpoint (a few numbers per layer): a scale may sit in another shard."""
     scales = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file) as f:
             scales.update({k: f.get_tensor(k) for k in sorted(f.keys()) if k.endswith(_SCALE_SUFFIXES)})
     return scales
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.embedded import embedded_model_path
+from mistral_nemo.model.embedded import embedded_model_path, is_embedded_model
+from mistral_nemo.model.generation_defaults import OPENAI, GenerationDefaults, generation_defaults
 from mistral_nemo.model.load_gguf import is_gguf, iter_gguf_tensors, read_gguf_args
 from mistral_nemo.model.load_hf import hf_weight_files, iter_hf_tensors, read_hf_args
 from mistral_nemo.model.load_mistral import iter_mistral_tensors, mistral_weight_files, read_mistral_args
+from mistral_nemo.model.load_options import QUANTIZATIONS
 from mistral_nemo.model.quant.checkpoint import (
     is_quantized_checkpoint,
     iter_quantized_tensors,
@@ -24,8 +27,14 @@ from mistral_nemo.model.quant.checkpoint import (
 )
 from mistral_nemo.model.quant.checkpoint import read_args as read_quantized_args
 from mistral_nemo.model.transformer import Transformer
-from mistral_nemo.model.weights import CheckpointError, build_model, drop_mapped_pages, private_file_maps
-from mistral_nemo.tokenizer import load_tokenizer
+from mistral_nemo.model.weights import (
+    CheckpointError,
+    build_model,
+    drop_mapped_pages,
+    private_file_maps,
+    read_json,
+)
+from mistral_nemo.tokenizer import TekkenTokenizer, load_tokenizer
 from mistral_nemo.tokenizer.gguf_metadata import read_gguf_header
 
 # Above this many parameters a CPU model is kept in bfloat16 (NeMo 12B: 24.5 GB instead of 49 GB).
@@ -40,6 +49,8 @@ class LoadedModel:
     source: Path
     format: str  # "mistral", "hf", "gguf" or "quantized" (a folder written by `mistral-nemo quantize`)
     name: str
+    # The sampling settings the model is meant to run with (see model/generation_defaults.py).
+    generation_defaults: GenerationDefaults = field(default=OPENAI)
 
 
 @dataclass
@@ -62,7 +73,7 @@ def detect_format(path: Path) -> tuple[str, Path]:
             return "gguf", path
         raise CheckpointError(f"{path} is not a model: expected a GGUF file or a model folder")
     if not path.is_dir():
-        raise CheckpointError(f"model not found: {path}")
+        raise CheckpointError(f"model not found: {path}{_download_hint(path)}")
     if is_quantized_checkpoint(path):  # before Mistral: it has params.json and safetensors too
         return "quantized", path
     if (path / "params.json").is_file() and any(path.glob("*.safetensors")):
@@ -81,7 +92,20 @@ def detect_format(path: Path) -> tuple[str, Path]:
     )
 
 
-QUANTIZATIONS = ("auto", "none", "int8", "int4", "fp8")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _download_hint(path: Path) -> str:
+    """A missing path that reads as a Hugging Face repository id: say how to fetch it."""
+    text = str(path)
+    if not _HUB_ID.fullmatch(text) or text.startswith("."):
+        return ""
+    return (
+        f" (to use the Hugging Face repository {text}, download it first: `mistral-nemo download {text}`, "
+        f"then pass the folder it prints, by default ~/mistral_models/{text.split('/')[-1]})"
+    )
+
+
 _CPU_ONLY = ("Int8Linear", "Int4Linear")  # layers with CPU (numba) kernels only
 
 
@@ -107,11 +131,14 @@ def load(
     if mode not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     source = embedded_model_path() if path is None else Path(path).expanduser()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    reader = read_checkpoint(source, mode, device)
-    model = build_model(
-        reader.args, reader.tensors, dtype=dtype or _default_dtype(reader.args, device), device=device
-    )
+    device = _check_device(device)
+    try:
+        reader = read_checkpoint(source, mode, device)
+        model = build_model(
+            reader.args, reader.tensors, dtype=dtype or _default_dtype(reader.args, device), device=device
+        )
+    except SafetensorError as exc:  # a reader that did not name the file (the folder is the best we have)
+        raise CheckpointError(f"{source}: a safetensors file is not valid ({exc})") from None
     if device.type == "cpu" and any(type(m).__name__ in _CPU_ONLY for m in model.modules()):
         _size_numba_pool()
         from mistral_nemo.model.quant.fused_decode import FusedDecoder
@@ -129,7 +156,29 @@ def load(
         source=reader.target,
         format=reader.format,
         name=reader.name,
+        generation_defaults=generation_defaults(
+            reader.format,
+            reader.target,
+            tekken=isinstance(tokenizer, TekkenTokenizer),
+            embedded=path is None or is_embedded_model(reader.target),
+        ),
     )
+
+
+def _check_device(device: torch.device | str | None) -> torch.device:
+    """The device to load on (default: cuda when there is one); one that this torch cannot use is refused."""
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise ValueError(f"not a device: {device!r} ({exc})") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {str(chosen)!r} is not available: {why}; use --device cpu")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(chosen)!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s)")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(chosen)!r} is not supported: use cpu or cuda[:N]")
+    return chosen
 
 
 def read_checkpoint(source: Path, mode: str, device: torch.device) -> CheckpointReader:
@@ -213,5 +262,5 @@ def _default_dtype(args: ModelArgs, device: torch.device) -> torch.dtype:
 
 
 def _hf_name(folder: Path) -> str:
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     return str(config.get("_name_or_path") or folder.name)

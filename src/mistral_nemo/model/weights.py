@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
@@ -21,8 +24,30 @@ class CheckpointError(ValueError):
 
 def safetensors_keys(path: Path) -> set[str]:
     """Tensor names in a safetensors file (reads only its header)."""
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         return set(f.keys())
+
+
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """safe_open, with a corrupt or truncated file reported as a CheckpointError naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON config file; an unreadable one is a CheckpointError naming the file and the place."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not valid JSON: it is not UTF-8 text") from None
 
 
 def _check_linear_module(name: str, module: nn.Module, shape: tuple[int, ...]) -> nn.Module:

@@ -58,12 +58,13 @@ def sampling_params(
     stop_ids = list(body.stop_token_ids or [])
     if any(not 0 <= t < vocab_size for t in stop_ids):
         raise APIError(400, f"stop_token_ids must be in 0..{vocab_size - 1}", param="stop_token_ids")
+    model = config.sampling_defaults  # for the fields the request leaves out
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=config.default_temperature if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=0 if body.top_k is None else body.top_k,
-        min_p=0.0 if body.min_p is None else body.min_p,
+        temperature=model.temperature if body.temperature is None else body.temperature,
+        top_p=model.top_p if body.top_p is None else body.top_p,
+        top_k=model.top_k if body.top_k is None else body.top_k,
+        min_p=model.min_p if body.min_p is None else body.min_p,
         seed=seed,
         stop=stop,
         stop_token_ids=stop_ids,
@@ -71,7 +72,9 @@ def sampling_params(
         n=body.n,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        repetition_penalty=model.repetition_penalty
+        if body.repetition_penalty is None
+        else body.repetition_penalty,
         logit_bias=logit_bias,
         min_tokens=body.min_tokens or 0,
         logprobs=logprobs,

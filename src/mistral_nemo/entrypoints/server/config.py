@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mistral_nemo.model.generation_defaults import OPENAI, GenerationDefaults
+
 DEFAULT_MAX_BODY_BYTES = 16 << 20  # 16 MiB: a long conversation fits easily, a flood does not
 
 # Mistral's API names for NeMo: served as aliases when the model is a Tekken (NeMo-family) model.
@@ -26,7 +28,9 @@ class ServerConfig:
     served_model_names: list[str] = field(default_factory=list)  # empty: the loaded model's own name
     add_nemo_aliases: bool = True  # also answer to open-mistral-nemo(-2407) for a Tekken model
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    default_temperature: float = 1.0  # OpenAI's default when a request names none
+    # Sampling for the fields a request leaves out: `serve` sets the loaded model's (generation_config.json,
+    # NeMo's 0.3, the embedded model's greedy), as vLLM does; OpenAI's (temperature 1) otherwise.
+    sampling_defaults: GenerationDefaults = OPENAI
     public_paths: frozenset[str] = PUBLIC_PATHS
     public_prefixes: tuple[str, ...] = PUBLIC_PREFIXES
     web_page: bool = True  # the chat page at / (static files, no CDN)
@@ -42,8 +46,6 @@ class ServerConfig:
             raise ValueError("the API key must not be empty")
         if not 0.0 < self.shutdown_timeout <= 3600:
             raise ValueError("shutdown_timeout must be in (0, 3600] seconds")
-        if not 0.0 <= self.default_temperature <= 2.0:
-            raise ValueError("default_temperature must be in [0, 2]")
 
     def is_public(self, path: str) -> bool:
         return path in self.public_paths or path.startswith(self.public_prefixes)

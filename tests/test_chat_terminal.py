@@ -1,0 +1,76 @@
+"""`mistral-nemo chat` in a real terminal (a pseudo-terminal): line editing and history through
+readline, and Ctrl-C at the prompt keeps the session (it says to use Ctrl-D or /bye)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import console_script
+from tests.nemo_checkpoints import random_reference_model, write_mistral_folder
+
+
+@pytest.fixture(scope="module")
+def nemo_folder(tmp_path_factory) -> Path:
+    return write_mistral_folder(random_reference_model(seed=3), tmp_path_factory.mktemp("Nemo-tty"))
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: what a user types, what the screen shows."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the command, with the terminal as stdin/stdout/stderr
+            os.execv(argv[0], argv)
+        self.screen = ""
+
+    def read_until(self, text: str, timeout: float = 120.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            ready, _, _ = select.select([self.fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise AssertionError(f"{text!r} never appeared; screen:\n{self.screen}")
+            try:
+                self.screen += os.read(self.fd, 4096).decode(errors="replace")
+            except OSError:  # the child ended
+                raise AssertionError(f"{text!r} never appeared; screen:\n{self.screen}") from None
+        return self.screen
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def wait(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:  # keep draining the terminal so the child never blocks on output
+                if select.select([self.fd], [], [], 0.1)[0]:
+                    self.screen += os.read(self.fd, 4096).decode(errors="replace")
+            except OSError:
+                pass
+        os.kill(self.pid, 9)
+        raise AssertionError(f"the chat did not exit; screen:\n{self.screen}")
+
+
+def test_ctrl_c_at_the_prompt_keeps_the_session_and_arrows_recall_lines(nemo_folder: Path) -> None:
+    term = Terminal([console_script("mistral-nemo"), "chat", str(nemo_folder), "--max-tokens", "2"])
+    term.read_until(">>> ")
+    term.type("/help\r")
+    term.read_until("/system TEXT")
+    term.type("\x03")  # Ctrl-C at the prompt
+    term.read_until("(Use Ctrl-D or /bye to exit.)")
+    term.type("/reset\r")
+    term.read_until("(conversation cleared)")
+    shown = len(term.screen)
+    term.type("\x1b[A\x1b[A\r")  # up twice: readline recalls /help
+    term.read_until("/system TEXT")
+    assert "/system TEXT" in term.screen[shown:]
+    term.type("/bye\r")
+    assert term.wait() == 0
