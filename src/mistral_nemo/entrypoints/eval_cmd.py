@@ -38,6 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key", help="the server's key (with --url; default $MISTRAL_NEMO_API_KEY)")
     parser.add_argument("--data-dir", type=Path, help="datasets: DIR/<dataset>/<config or none>/<split>/")
     parser.add_argument("--output", type=Path, help="write lm-eval's results JSON here")
+    parser.add_argument(
+        "--log-samples", action="store_true", help="with --output: every item's requests and scores"
+    )
     parser.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (default 1234)")
     parser.set_defaults(run=run)
 
@@ -95,6 +98,8 @@ def _spec(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
 
     if bool(args.tasks) == bool(args.preset):
         raise ValueError("give --tasks or --preset (one of them)")
+    if args.log_samples and not args.output:
+        raise ValueError("--log-samples needs --output")
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise ValueError("--num-fewshot must be >= 0")
     if args.preset:
@@ -111,6 +116,7 @@ def _spec(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
         shots=shots,
         data_dir=args.data_dir,
         seed=args.seed,
+        log_samples=args.log_samples,
         skip_missing=bool(args.preset),
     )
 

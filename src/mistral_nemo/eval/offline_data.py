@@ -114,11 +114,20 @@ class OfflineTasks:
     members: dict[str, list[str]] = field(default_factory=dict)  # requested name -> its leaf tasks
     skipped: dict[str, str] = field(default_factory=dict)  # requested name -> why it has no data
 
-    def __post_init__(self) -> None:
-        if not self.index:
-            from lm_eval.tasks import TaskManager
+    def _build_index(self, tasks: list[str]) -> None:
+        """lm-eval's index of the folders named like the tasks (hellaswag/, mmlu/, arc/ for arc_easy),
+        or of all its ~15k YAMLs (~10 s) when a task or one of its members is not found there."""
+        import lm_eval.tasks
+        from lm_eval.tasks import TaskManager
 
-            self.index = dict(TaskManager().task_index)  # reads lm-eval's YAMLs once (~10 s)
+        root = Path(lm_eval.tasks.__file__).parent
+        folders = {str(root / c) for t in tasks for c in (t, t.split("_")[0]) if (root / c).is_dir()}
+        if folders:
+            index = dict(TaskManager(include_path=sorted(folders), include_defaults=False).task_index)
+            if all(_resolvable(t, index, set()) for t in tasks):
+                self.index = index
+                return
+        self.index = dict(TaskManager().task_index)
 
     def task_manager(
         self, tasks: list[str], num_fewshot: dict[str, int] | None = None, skip_missing: bool = False
@@ -130,6 +139,8 @@ class OfflineTasks:
         """
         from lm_eval.tasks import TaskManager
 
+        if not self.index:
+            self._build_index(tasks)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in tasks:
             seen: set[str] = set()
@@ -229,3 +240,20 @@ class OfflineTasks:
             # lm-eval resolves `!function module.name` by import when no sibling file has that name.
             text += "custom_dataset: !function mistral_nemo.eval.offline_data.load_local_copy\n"
         (self.workdir / f"{name}.yaml").write_text(text, encoding="utf-8")
+
+
+def _resolvable(name: str, index: dict[str, Any], seen: set[str]) -> bool:
+    """Whether `name` and every member of it (groups, tags) are in `index`."""
+    if name in seen:
+        return True
+    seen.add(name)
+    entry = index.get(name)
+    if entry is None:
+        return False
+    if entry.kind.name == "TAG":
+        return all(_resolvable(m, index, seen) for m in entry.tags)
+    if entry.kind.name == "GROUP":
+        items = entry.cfg.get("task") or []
+        members = [i.get("task") if isinstance(i, dict) else i for i in items]
+        return all(isinstance(m, str) and _resolvable(m, index, seen) for m in members)
+    return True
