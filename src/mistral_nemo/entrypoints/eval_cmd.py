@@ -54,6 +54,9 @@ def _limit(text: str) -> int | float:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import datasets  # noqa: F401
+        import lm_eval  # noqa: F401
+
         from mistral_nemo.eval.presets import PRESETS
         from mistral_nemo.eval.report import format_table, result_rows
         from mistral_nemo.eval.runner import run_eval, served_models, server_model_args
