@@ -23,6 +23,7 @@ class EvalSpec:
     seed: int = 1234
     log_samples: bool = False
     skip_missing: bool = False  # leave out tasks with no local data (presets) instead of failing
+    apply_chat_template: bool = False  # lm-eval's chat formatting (chat-completions models)
 
 
 @dataclass
@@ -68,6 +69,7 @@ def run_eval(
             limit=spec.limit,
             task_manager=manager,
             log_samples=spec.log_samples,
+            apply_chat_template=spec.apply_chat_template,
             random_seed=spec.seed,
             numpy_random_seed=spec.seed,
             torch_random_seed=spec.seed,
