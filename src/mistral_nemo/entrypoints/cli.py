@@ -16,6 +16,7 @@ from mistral_nemo.entrypoints import (
     bench_cmd,
     chat_cmd,
     download_cmd,
+    eval_cmd,
     generate_cmd,
     quantize_cmd,
     serve_cmd,
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in (chat_cmd, generate_cmd, serve_cmd, bench_cmd, download_cmd, quantize_cmd, tokenize_cmd):
         command.register(commands)
+    eval_cmd.register(commands)
     return parser
 
 

