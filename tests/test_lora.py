@@ -19,7 +19,7 @@ from mistral_nemo.finetune.data.packing import Batch, Window
 from mistral_nemo.finetune.forward import loss_sum, packed_logits
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.loading import load
-from mistral_nemo.model.lora import LoRALinear, LoraError, add_lora, lora_parameters, lora_state_dict
+from mistral_nemo.model.lora import LoraError, LoRALinear, add_lora, lora_parameters, lora_state_dict
 from mistral_nemo.model.lora_files import read_adapter
 from mistral_nemo.model.quant.linear import Int4Linear
 from tests.gguf_fixture import smollm2_gguf_path
@@ -230,8 +230,8 @@ def test_qlora_training_step_reaches_every_lora_weight(tmp_path):
         for p in params[1::2]:  # B: nonzero so that A gets a gradient too
             p.normal_(0, 0.01)
     ids = loaded.tokenizer.encode("A short sentence to learn from, with enough tokens for a test.")
-    loss, count = loss_sum(loaded.model, Batch.of([Window(ids[:-1], ids[1:], [True] * (len(ids) - 1), [len(ids) - 1])]),
-                           checkpoint=True)  # fmt: skip
+    n = len(ids) - 1
+    loss, count = loss_sum(loaded.model, Batch.of([Window(ids[:-1], ids[1:], [True] * n, [n])]), checkpoint=True)
     (loss / count).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
