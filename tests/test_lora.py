@@ -231,7 +231,8 @@ def test_qlora_training_step_reaches_every_lora_weight(tmp_path):
             p.normal_(0, 0.01)
     ids = loaded.tokenizer.encode("A short sentence to learn from, with enough tokens for a test.")
     n = len(ids) - 1
-    loss, count = loss_sum(loaded.model, Batch.of([Window(ids[:-1], ids[1:], [True] * n, [n])]), checkpoint=True)
+    batch = Batch.of([Window(ids[:-1], ids[1:], [True] * n, [n])])
+    loss, count = loss_sum(loaded.model, batch, checkpoint=True)
     (loss / count).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
