@@ -46,11 +46,13 @@ def load(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     quantization: str | None = "auto",
+    lora: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a Mistral folder, an HF folder or a GGUF file (None: the embedded model).
+    """Load a Mistral folder, an HF folder or a GGUF file (None: the embedded model); `lora`: an
+    adapter (mistral-finetune or PEFT) applied on load.
 
     Imported lazily so that `import mistral_nemo.tokenizer` does not pull in torch.
     """
     from mistral_nemo.model.loading import load as load_model
 
-    return load_model(path, dtype=dtype, device=device, quantization=quantization)
+    return load_model(path, dtype=dtype, device=device, quantization=quantization, lora=lora)

@@ -79,11 +79,18 @@ class LLM:
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         quantization: str | None = "auto",
+        lora: str | Path | None = None,
         **engine_options: Any,
     ) -> None:
         config = engine_config(**engine_options)
         if isinstance(model, LoadedModel):
             self.loaded = model
+            if lora is not None:  # an adapter on an already loaded model: applied to it in place
+                from mistral_nemo.model.lora import apply_adapter
+                from mistral_nemo.model.lora_files import read_adapter
+
+                adapter, scaling = read_adapter(lora, model.args)
+                apply_adapter(model.model, adapter, scaling)
         else:
             if isinstance(dtype, str) and dtype != "auto":
                 if dtype not in _DTYPES:
@@ -94,6 +101,7 @@ class LLM:
                 dtype=dtype if isinstance(dtype, torch.dtype) else None,
                 device=device,
                 quantization=quantization,
+                lora=lora,
             )
         self.engine = LLMEngine(self.loaded, config)
         self._ids = itertools.count()

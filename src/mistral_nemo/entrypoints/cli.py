@@ -17,7 +17,9 @@ from mistral_nemo.entrypoints import (
     chat_cmd,
     download_cmd,
     eval_cmd,
+    finetune_cmd,
     generate_cmd,
+    lora_cmd,
     quantize_cmd,
     serve_cmd,
     tokenize_cmd,
@@ -31,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mistral-nemo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (chat_cmd, generate_cmd, serve_cmd, bench_cmd, download_cmd, quantize_cmd, tokenize_cmd):
+    for command in (
+        chat_cmd, generate_cmd, serve_cmd, bench_cmd, download_cmd, quantize_cmd, tokenize_cmd,
+        finetune_cmd, lora_cmd, eval_cmd,
+    ):  # fmt: skip
         command.register(commands)
-    eval_cmd.register(commands)
     return parser
 
 

@@ -114,6 +114,8 @@ def load(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     quantization: str | None = "auto",
+    lora: str | Path | None = None,
+    merge_lora: bool = True,
 ) -> LoadedModel:
     """Load a Mistral folder, an HF folder, a GGUF file or a quantized folder (None: the embedded model).
 
@@ -126,6 +128,9 @@ def load(
       file already holds in the asked form are kept as they are (int8: every layer int8; int4: body int4);
     - "fp8": Fp8Linear layers (per-channel scales).
     Embedding and norms follow `dtype` (default: bfloat16 on GPU or above 2B parameters, else float32).
+
+    lora: a LoRA adapter (mistral-finetune's lora.safetensors or its folder, or a PEFT folder), merged
+    into float layers (merge_lora=False keeps it beside them); quantized layers keep it unmerged.
     """
     mode = quantization or "auto"
     if mode not in QUANTIZATIONS:
@@ -144,6 +149,12 @@ def load(
         from mistral_nemo.model.quant.fused_decode import FusedDecoder
 
         FusedDecoder.attach(model)  # decode steps in one numba call when every layer is int8 / int4
+    if lora is not None:
+        from mistral_nemo.model.lora import apply_adapter
+        from mistral_nemo.model.lora_files import read_adapter
+
+        adapter, scaling = read_adapter(lora, reader.args)
+        apply_adapter(model, adapter, scaling, merge=merge_lora)
     tokenizer = load_tokenizer(reader.target)
     if tokenizer.vocab_size > reader.args.vocab_size:
         raise CheckpointError(

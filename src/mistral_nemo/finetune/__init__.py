@@ -1,0 +1,1 @@
+"""mistral-finetune-compatible LoRA / QLoRA fine-tuning: data, config, training loop, checkpoints."""
