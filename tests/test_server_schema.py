@@ -35,7 +35,8 @@ CAPS = {
 
 @pytest.fixture(scope="module")
 def fuzzed_server() -> Iterator[RunningServer]:
-    engine = EngineConfig(kv_cache_memory=64 << 20, max_model_len=512, max_num_seqs=8, max_queue=64)
+    # A small context bounds what a request without max_tokens generates (the room left in it).
+    engine = EngineConfig(kv_cache_memory=64 << 20, max_model_len=96, max_num_seqs=8, max_queue=64)
     config = ServerConfig(api_key=API_KEY, served_model_names=[SMOL_NAME], max_body_bytes=1 << 20)
     yield from serve(embedded_model(), engine, config)
 
