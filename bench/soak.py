@@ -144,12 +144,14 @@ async def stream_once(
 
 
 async def soak(server: ServeProcess, args: argparse.Namespace, results: Results) -> float:
-    """Run the workers; return the RSS after warm-up (the first tenth of the run)."""
+    """Run the workers; return the RSS after warm-up (every worker has finished a request, and a
+    tenth of the run has passed): the allocator's caches and the KV pages in use are touched."""
     rng = random.Random(args.seed)
     started = time.monotonic()
     end = started + args.duration
     due = sorted(started + rng.uniform(0, args.duration) for _ in range(args.disconnects))
     warm_rss: list[float] = []
+    finished = [0] * args.streams
     progress = tqdm(total=int(args.duration), unit="s", desc="soak", disable=args.quiet)
 
     async def worker(index: int) -> None:
@@ -171,6 +173,7 @@ async def soak(server: ServeProcess, args: argparse.Namespace, results: Results)
                     outcome, ttft, latency = await stream_once(client, body, cut_after)
                 except httpx.HTTPError as exc:
                     outcome, ttft, latency = f"{type(exc).__name__}: {exc}", None, 0.0
+                finished[index] += 1
                 if outcome == "cut":
                     results.cut += 1
                 elif outcome == "ok":
@@ -187,7 +190,7 @@ async def soak(server: ServeProcess, args: argparse.Namespace, results: Results)
             await asyncio.sleep(1)
             progress.n = min(int(time.monotonic() - started), int(args.duration))
             progress.set_postfix(ok=results.succeeded, cut=results.cut, failed=results.failed)
-            if not warm_rss and time.monotonic() - started >= args.duration / 10:
+            if not warm_rss and min(finished) > 0 and time.monotonic() - started >= args.duration / 10:
                 warm_rss.append(server.rss_mb())
 
     await asyncio.gather(clock(), *(worker(i) for i in range(args.streams)))
