@@ -143,7 +143,7 @@ async def stream_once(
     return "stream ended without [DONE]", first, time.monotonic() - started
 
 
-async def soak(server: ServeProcess, args: argparse.Namespace, results: Results) -> float:
+async def soak(server: ServeProcess, args: argparse.Namespace, results: Results) -> float | None:
     """Run the workers; return the RSS after warm-up (every worker has finished a request, and a
     tenth of the run has passed): the allocator's caches and the KV pages in use are touched."""
     rng = random.Random(args.seed)
@@ -195,7 +195,7 @@ async def soak(server: ServeProcess, args: argparse.Namespace, results: Results)
 
     await asyncio.gather(clock(), *(worker(i) for i in range(args.streams)))
     progress.close()
-    return warm_rss[0] if warm_rss else server.rss_mb()
+    return warm_rss[0] if warm_rss else None  # too short a run to warm up
 
 
 def settle(server: ServeProcess, timeout: float = 10.0) -> dict[str, float]:
@@ -305,9 +305,9 @@ def main() -> None:
                 "errors": sorted(set(results.errors))[:5],
                 "ttft_ms": percentiles(results.ttft),
                 "latency_ms": percentiles(results.latency),
-                "rss_mb_after_warmup": round(rss_start, 1),
+                "rss_mb_after_warmup": round(rss_start, 1) if rss_start is not None else None,
                 "rss_mb_end": round(rss_end, 1),
-                "rss_drift_mb": round(rss_end - rss_start, 1),
+                "rss_drift_mb": round(rss_end - rss_start, 1) if rss_start is not None else None,
                 "after": after,
                 "shutdown": shutdown,
                 "log_tracebacks": log.count("Traceback"),
