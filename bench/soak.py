@@ -143,13 +143,15 @@ async def stream_once(
     return "stream ended without [DONE]", first, time.monotonic() - started
 
 
-async def soak(server: ServeProcess, args: argparse.Namespace, results: Results) -> float:
-    """Run the workers; return the RSS after warm-up (the first tenth of the run)."""
+async def soak(server: ServeProcess, args: argparse.Namespace, results: Results) -> float | None:
+    """Run the workers; return the RSS after warm-up (every worker has finished a request, and a
+    tenth of the run has passed): the allocator's caches and the KV pages in use are touched."""
     rng = random.Random(args.seed)
     started = time.monotonic()
     end = started + args.duration
     due = sorted(started + rng.uniform(0, args.duration) for _ in range(args.disconnects))
     warm_rss: list[float] = []
+    finished = [0] * args.streams
     progress = tqdm(total=int(args.duration), unit="s", desc="soak", disable=args.quiet)
 
     async def worker(index: int) -> None:
@@ -171,6 +173,7 @@ async def soak(server: ServeProcess, args: argparse.Namespace, results: Results)
                     outcome, ttft, latency = await stream_once(client, body, cut_after)
                 except httpx.HTTPError as exc:
                     outcome, ttft, latency = f"{type(exc).__name__}: {exc}", None, 0.0
+                finished[index] += 1
                 if outcome == "cut":
                     results.cut += 1
                 elif outcome == "ok":
@@ -187,12 +190,12 @@ async def soak(server: ServeProcess, args: argparse.Namespace, results: Results)
             await asyncio.sleep(1)
             progress.n = min(int(time.monotonic() - started), int(args.duration))
             progress.set_postfix(ok=results.succeeded, cut=results.cut, failed=results.failed)
-            if not warm_rss and time.monotonic() - started >= args.duration / 10:
+            if not warm_rss and min(finished) > 0 and time.monotonic() - started >= args.duration / 10:
                 warm_rss.append(server.rss_mb())
 
     await asyncio.gather(clock(), *(worker(i) for i in range(args.streams)))
     progress.close()
-    return warm_rss[0] if warm_rss else server.rss_mb()
+    return warm_rss[0] if warm_rss else None  # too short a run to warm up
 
 
 def settle(server: ServeProcess, timeout: float = 10.0) -> dict[str, float]:
@@ -302,9 +305,9 @@ def main() -> None:
                 "errors": sorted(set(results.errors))[:5],
                 "ttft_ms": percentiles(results.ttft),
                 "latency_ms": percentiles(results.latency),
-                "rss_mb_after_warmup": round(rss_start, 1),
+                "rss_mb_after_warmup": round(rss_start, 1) if rss_start is not None else None,
                 "rss_mb_end": round(rss_end, 1),
-                "rss_drift_mb": round(rss_end - rss_start, 1),
+                "rss_drift_mb": round(rss_end - rss_start, 1) if rss_start is not None else None,
                 "after": after,
                 "shutdown": shutdown,
                 "log_tracebacks": log.count("Traceback"),

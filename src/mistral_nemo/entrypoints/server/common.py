@@ -213,4 +213,6 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
     if task in done:
         return task.result()
     await asyncio.wait({task})  # let the cancellation run through the streams' cleanup
+    if not task.cancelled():
+        task.exception()  # a cancelled gather() ends with CancelledError set: retrieve it (no log noise)
     return None
