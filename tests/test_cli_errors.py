@@ -54,7 +54,7 @@ def test_corrupt_safetensors_header_names_the_file(folders, tmp_path, capsys, co
 def test_broken_config_json_names_the_file(folders, tmp_path, capsys, kind: str, name: str) -> None:
     broken = corrupt_copy(folders[kind], tmp_path, name, b'{"dim": 320, "n_layers": }')
     err = one_error_line(["generate", str(broken), "--prompt", "x"], capsys)
-    assert f"{broken / name} is not valid JSON: Expecting value (line 1, column 25)" in err
+    assert f"{broken / name} is not valid JSON: Expecting value (line 1, column 26)" in err
 
 
 def test_cuda_on_a_cpu_only_torch_is_one_line(folders, capsys) -> None:

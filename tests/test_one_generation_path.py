@@ -19,7 +19,7 @@ from tests.nemo_checkpoints import random_reference_model, write_mistral_folder
 
 PROMPT = "The sea is"
 GRID = [  # (generate flags, the same as SamplingParams fields)
-    ([], {}),
+    (["--temperature", "0"], {"temperature": 0.0}),
     (["--temperature", "0.8", "--seed", "1", "--repetition-penalty", "1.3"],
      {"temperature": 0.8, "seed": 1, "repetition_penalty": 1.3}),
     (["--temperature", "1", "--seed", "2", "--presence-penalty", "0.5", "--frequency-penalty", "0.3",

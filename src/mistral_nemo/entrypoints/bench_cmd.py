@@ -44,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from mistral_nemo.engine.llm_engine import LLMEngine
     from mistral_nemo.engine.sampling_params import SamplingParams
     from mistral_nemo.entrypoints.model_options import engine_config_from_args, load_for_cli
-    from mistral_nemo.model.quant import weight_bytes as weight_bytes_read
 
     if args.prompt_len < 1 or args.gen_len < 2 or args.batch < 1:
         raise ValueError("--prompt-len and --batch must be >= 1, --gen-len >= 2")
-    loaded = load_for_cli(args)
+    loaded = load_for_cli(args)  # first: --threads must size numba's pool before anything imports numba
+    from mistral_nemo.model.quant import weight_bytes as weight_bytes_read
     batch = 1 if args.mode == "latency" else args.batch
     engine = LLMEngine(loaded, engine_config_from_args(args, max_num_seqs=max(batch, 1)))
     prompts = _random_prompts(loaded, batch, args.prompt_len, args.seed)

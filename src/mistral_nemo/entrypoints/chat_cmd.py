@@ -45,9 +45,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    conversation: Conversation
     if args.url:  # a running server answers instead of a local model
-        conversation: Conversation = remote_chat.RemoteConversation(args)
-        greeting = f"Chatting with {conversation.model} at {conversation.url}."  # type: ignore[attr-defined]
+        remote = remote_chat.RemoteConversation(args)
+        conversation, greeting = remote, f"Chatting with {remote.model} at {remote.url}."
     else:
         from mistral_nemo.entrypoints.model_options import engine_for_cli, load_for_cli, sampling_params
 

@@ -130,14 +130,19 @@ def sampling_params(args: argparse.Namespace, defaults: GenerationDefaults, **ex
 
 
 def apply_threads(threads: int | None) -> None:
-    """--threads N: torch's intra-op pool and numba's pool (sized from torch's at load)."""
+    """--threads N: torch's intra-op pool and numba's pool. Call it before numba is imported: numba's
+    kernels (decode attention, quantized layers) share OpenMP with torch, and its first launch sets
+    OpenMP's count, torch's included, to the size of numba's pool, which numba fixes at import."""
     if threads is None:
         return
-    if "numba" not in sys.modules:  # numba sizes its pool once, at import, from this variable
-        os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+    if "numba" in sys.modules:  # too late to size its pool; at least cap what it uses
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def load_for_cli(args: argparse.Namespace) -> LoadedModel:
