@@ -42,7 +42,7 @@ def test_eval_equals_lm_eval_hf_backend(tmp_path: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     assert (
         "hellaswag   acc_norm" in printed
-        and "winogrande: winogrande/winogrande_xl: validation split" in printed
+        and "winogrande, 0-shot: winogrande/winogrande_xl: validation split\n" in printed
     )
     ours = json.loads(out.read_text())
 
