@@ -31,7 +31,7 @@ from tests.conftest import console_script
 KEY = "eval-key-42"
 MAX_MODEL_LEN = 2048
 TASKS = ["hellaswag", "winogrande"]
-LIMIT = 3
+LIMIT = 2
 
 
 @pytest.fixture(scope="module")
