@@ -20,6 +20,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from mistral_nemo.entrypoints.cli import main
 from mistral_nemo.eval.offline_data import MissingDataError, OfflineTasks, default_data_dir
+from mistral_nemo.eval.presets import PRESETS
 from mistral_nemo.eval.runner import EvalSpec, run_eval
 from tests.gguf_fixture import smollm2_gguf_path
 
@@ -41,7 +42,7 @@ def test_eval_equals_lm_eval_hf_backend(tmp_path: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     assert (
         "hellaswag   acc_norm" in printed
-        and "winogrande: winogrande/winogrande_xl: validation split" in printed
+        and "winogrande, 0-shot: winogrande/winogrande_xl: validation split\n" in printed
     )
     ours = json.loads(out.read_text())
 
@@ -88,8 +89,12 @@ def test_offline_data_says_which_split_and_what_is_missing(tmp_path: Path) -> No
     shipped = default_data_dir()
     assert shipped is not None
     offline = OfflineTasks(shipped, tmp_path / "tasks")
-    offline.task_manager(["mmlu", "triviaqa", "truthfulqa_mc2"], {"mmlu": 5}, skip_missing=True)
+    card = PRESETS["nemo-card"]
+    manager = offline.task_manager([c.task for c in card], {c.task: c.shots for c in card}, skip_missing=True)
+    assert list(offline.skipped) == ["truthfulqa_mc2"]
     assert offline.describe("mmlu") == "mmlu_no_train (57 tasks): test split; few-shot from dev"
+    trivia = manager.load(["triviaqa"])["tasks"]["triviaqa"]
+    assert trivia.config.num_fewshot == 5 and len(trivia.eval_docs) == 7993  # the shipped validation split
     assert offline.describe("triviaqa").endswith(
         "validation split; few-shot from validation (the item itself left out)"
     )

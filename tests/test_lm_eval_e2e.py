@@ -25,13 +25,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 from mistral_nemo.engine.llm import LLM
 from mistral_nemo.entrypoints.cli import main
 from mistral_nemo.eval.lm import MistralNemoLM
-from mistral_nemo.eval.runner import EvalSpec, run_eval
+from mistral_nemo.eval.runner import EvalSpec, run_eval, server_model_args
 from tests.conftest import console_script
 
 KEY = "eval-key-42"
 MAX_MODEL_LEN = 2048
 TASKS = ["hellaswag", "winogrande"]
-LIMIT = 3
+LIMIT = 2
 
 
 @pytest.fixture(scope="module")
@@ -112,4 +112,14 @@ def test_local_chat_completions_generation_task(server: str) -> None:
     results = run_eval("local-chat-completions", spec, args).results
     answers = [s["resps"][0][0] for s in results["samples"]["nq_open"]]
     assert len(answers) == 2 and all(isinstance(a, str) and a.strip() for a in answers), answers
+    assert "exact_match,remove_whitespace" in results["results"]["nq_open"]
+
+
+def test_local_completions_apply_chat_template(server: str) -> None:
+    """--apply_chat_template through local-completions: message lists go to /tokenize, ids to completions."""
+    args = {**server_model_args(server, KEY), "max_gen_toks": 16}
+    # no log_samples: lm-eval 0.4.13 cannot hash a message-list prompt for its sample log
+    spec = EvalSpec(["nq_open"], limit=2, num_fewshot=0, apply_chat_template=True)
+    results = run_eval("local-completions", spec, args).results
+    assert results["n-samples"]["nq_open"]["effective"] == 2
     assert "exact_match,remove_whitespace" in results["results"]["nq_open"]

@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {why}", file=sys.stderr)
     print(format_table(result_rows(result.results, result.tasks, nemo)))
     print()
+    shots = result.results.get("n-shot", {})
     for name in result.tasks:
-        print(f"{name}: {result.data.describe(name)}")
+        k = max((shots[t] for t in result.data.members.get(name, []) if t in shots), default=0)
+        print(f"{name}, {k}-shot: {result.data.describe(name, k)}")
     print(f"limit {spec.limit or 'none'}; {time.perf_counter() - started:.0f}s")
     if args.output:
         from lm_eval.utils import handle_non_serializable

@@ -156,12 +156,12 @@ class OfflineTasks:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return TaskManager(include_path=str(self.workdir), include_defaults=False)
 
-    def describe(self, name: str) -> str:
-        """Which data and split a requested task's numbers come from."""
+    def describe(self, name: str, shots: int | None = None) -> str:
+        """Which data and split a requested task's numbers come from (`shots` 0: no few-shot source)."""
         leaves = [self.data[t] for t in sorted(self.members.get(name, []))]
         if not leaves:
             return "no data"
-        splits = "; ".join(sorted({d.splits for d in leaves}))
+        splits = "; ".join(sorted({d.splits if shots != 0 else f"{d.scored_split} split" for d in leaves}))
         if len(leaves) == 1:
             return f"{leaves[0].source}: {splits}"
         return f"{leaves[0].folder.parent.name} ({len(leaves)} tasks): {splits}"
