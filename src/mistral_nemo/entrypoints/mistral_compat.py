@@ -32,7 +32,9 @@ def _parser(prog: str, temperature: float) -> argparse.ArgumentParser:
     )
     parser.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=35)
     parser.add_argument("--temperature", type=float, default=temperature)
-    parser.add_argument("--lora_path", "--lora-path", dest="lora_path")
+    parser.add_argument(
+        "--lora_path", "--lora-path", dest="lora_path", help="a LoRA adapter (lora.safetensors or its folder)"
+    )
     parser.add_argument(
         "--num_pipeline_ranks", "--num-pipeline-ranks", type=int, default=1, help="accepted, ignored"
     )
@@ -60,9 +62,7 @@ def _mistral_chat(argv: Sequence[str] | None) -> int:
     parser = _parser("mistral-chat", temperature=0.7)
     parser.add_argument("--instruct", action="store_true", help="use the chat format")
     args = parser.parse_args(argv)
-    if args.lora_path:
-        raise ValueError("LoRA adapters are not supported yet (--lora_path)")
-    loaded = load(args.model_path)
+    loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
     tokenizer, params = loaded.tokenizer, _params(args)
     messages: list[dict[str, str]] = []
     prompt = ""
@@ -94,9 +94,7 @@ def mistral_demo(argv: Sequence[str] | None = None) -> int:
 
 def _mistral_demo(argv: Sequence[str] | None) -> int:
     args = _parser("mistral-demo", temperature=0.0).parse_args(argv)
-    if args.lora_path:
-        raise ValueError("LoRA adapters are not supported yet (--lora_path)")
-    loaded = load(args.model_path)
+    loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
     for prompt in DEMO_PROMPTS:
         ids = loaded.tokenizer.encode(prompt, bos=True)
         completion = generate(loaded.model, loaded.tokenizer, ids, _params(args)).text

@@ -34,6 +34,12 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         "the rest float); none: all float; int8 / int4: weight-only quantization on load (CPU); "
         "fp8: FP8 on load",
     )
+    parser.add_argument(
+        "--lora",
+        metavar="PATH",
+        help="a LoRA adapter applied on load: mistral-finetune's lora.safetensors (or its checkpoint folder) "
+        "or a PEFT folder",
+    )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +90,11 @@ def sampling_params(args: argparse.Namespace, **extra: object) -> SamplingParams
 def load_for_cli(args: argparse.Namespace) -> LoadedModel:
     started = time.perf_counter()
     loaded = load(
-        args.model, dtype=DTYPES.get(args.dtype or ""), device=args.device, quantization=args.quantization
+        args.model,
+        dtype=DTYPES.get(args.dtype or ""),
+        device=args.device,
+        quantization=args.quantization,
+        lora=args.lora,
     )
     print(
         f"Loaded {loaded.name} ({loaded.format}, {loaded.args.num_parameters() / 1e6:,.0f}M parameters) "
