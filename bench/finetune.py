@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.gguf_fixture, as a script
 
-from mistral_nemo.finetune.data.packing import Batch, Window  # noqa: E402
-from mistral_nemo.finetune.forward import loss_sum  # noqa: E402
-from mistral_nemo.model.loading import load  # noqa: E402
-from mistral_nemo.model.lora import add_lora, lora_parameters  # noqa: E402
-from tests.gguf_fixture import fetch_smollm2_gguf  # noqa: E402
+from mistral_nemo.finetune.data.packing import Batch, Window
+from mistral_nemo.finetune.forward import loss_sum
+from mistral_nemo.model.loading import load
+from mistral_nemo.model.lora import add_lora, lora_parameters
+from tests.gguf_fixture import fetch_smollm2_gguf
 
 
 def _median_seconds(step: Callable[[], None], repeat: int) -> float:
