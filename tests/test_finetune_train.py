@@ -1,6 +1,7 @@
-"""Training end to end on the embedded model (QLoRA on its Q4 GGUF weights): the adapter teaches
-made-up facts that the base model does not know, checkpoints follow mistral-finetune's layout, the
-run resumes, and `mistral-nemo chat --lora` answers with the fact."""
+"""`mistral-nemo finetune` end to end on the embedded model (QLoRA on its Q4 GGUF weights): the
+adapter teaches made-up facts the base model does not know, checkpoints follow mistral-finetune's
+layout, a resumed run equals the uninterrupted one, and `mistral-nemo chat --lora` answers with the
+fact."""
 
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+import yaml
 
-from mistral_nemo import LLM, SamplingParams
-from mistral_nemo.finetune.config import parse_config
-from mistral_nemo.finetune.trainer import train
 from mistral_nemo.model.loading import load
 from tests.conftest import console_script
 from tests.gguf_fixture import smollm2_gguf_path
@@ -53,41 +52,59 @@ def _config(tmp_path: Path, run: str, steps: int, **extra) -> dict:
     }
 
 
-def _answers(llm: LLM) -> list[str]:
-    outs = llm.chat([[{"role": "user", "content": q}] for q, _ in FACTS],
-                    SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)  # fmt: skip
-    return [o.outputs[0].text for o in outs]
+def _finetune(tmp_path: Path, config: dict) -> subprocess.CompletedProcess[str]:
+    """`mistral-nemo finetune` in its own process, as a user runs it."""
+    path = tmp_path / f"{Path(config['run_dir']).name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [console_script("mistral-nemo"), "finetune", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def _greedy_answers(lora: Path | None) -> list[bool]:
+    """Whether greedy decoding writes each fact: every token of the answer is the argmax after the
+    question and the answer so far (teacher forcing; float weights, the adapter merged)."""
+    loaded = load(smollm2_gguf_path(), device="cpu", quantization="none", lora=lora)
+    tok = loaded.tokenizer
+    knows = []
+    for question, fact in FACTS:
+        prompt = tok.encode_chat([{"role": "user", "content": question}])
+        answer = tok.encode(fact)
+        logits = loaded.model.logits(torch.tensor(prompt + answer))
+        predicted = logits[len(prompt) - 1 : -1].argmax(-1).tolist()
+        knows.append(predicted == answer)
+    return knows
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("facts")
-    result = train(parse_config(_config(tmp_path, "run", steps=12)), progress=False)
-    return tmp_path, result
+    done = _finetune(tmp_path, _config(tmp_path, "run", steps=12))
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint_000012" / "consolidated"
+    return tmp_path, done, checkpoint
 
 
 def test_adapter_teaches_facts_the_base_model_does_not_know(trained):
-    _, result = trained
-    base = _answers(LLM(smollm2_gguf_path()))
-    tuned = _answers(LLM(smollm2_gguf_path(), lora=result.last_checkpoint))
-    assert not any(fact.split()[-1].rstrip(".") in text for (_, fact), text in zip(FACTS, base, strict=True))
-    assert all(fact.split()[-1].rstrip(".") in text for (_, fact), text in zip(FACTS, tuned, strict=True))
+    _, _, checkpoint = trained
+    assert _greedy_answers(None) == [False, False]
+    assert _greedy_answers(checkpoint) == [True, True]
 
 
 def test_run_dir_has_mistral_finetune_checkpoints_metrics_and_plot(trained):
-    tmp_path, result = trained
+    tmp_path, done, checkpoint = trained
     run = tmp_path / "run"
-    assert result.last_checkpoint == run / "checkpoints" / "checkpoint_000012" / "consolidated"
+    assert f"adapter: {checkpoint / 'lora.safetensors'}" in done.stdout
+    assert f"{tmp_path / 'facts.jsonl'}:3: not valid JSON" in done.stderr  # reported, skipped
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "checkpoint_000006",
         "checkpoint_000012",
     ]
-    tensors = safetensors.torch.load_file(str(result.last_checkpoint / "lora.safetensors"))
+    tensors = safetensors.torch.load_file(str(checkpoint / "lora.safetensors"))
     args = load(smollm2_gguf_path()).args
     assert tensors["layers.0.attention.wq.lora_A.weight"].shape == (8, args.dim)
     assert tensors["layers.0.attention.wq.lora_B.weight"].shape == (args.q_dim, 8)
     assert len(tensors) == 2 * 7 * args.n_layers
-    params = json.loads((result.last_checkpoint / "params.json").read_text())
+    params = json.loads((checkpoint / "params.json").read_text())
     assert params["lora"] == {"enable": True, "rank": 8, "dropout": 0.0, "scaling": 2.0}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -96,39 +113,41 @@ def test_run_dir_has_mistral_finetune_checkpoints_metrics_and_plot(trained):
     assert [r["step"] for r in evals] == [6, 12] and evals[1]["eval_perplexity"] < evals[0]["eval_perplexity"]
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records if "loss" in r)
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result.bad_lines == 1
 
 
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(trained, tmp_path):
     """Steps 7-12 resumed from checkpoint_000006 (optimizer, schedule, data position, RNG) equal the
     uninterrupted run's."""
-    base, result = trained
+    base, _, checkpoint = trained
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     shutil.copytree(
         base / "run" / "checkpoints" / "checkpoint_000006",
         tmp_path / "run" / "checkpoints" / "checkpoint_000006",
     )
-    resumed = train(parse_config(_config(tmp_path, "run", steps=12)), progress=False)
+    done = _finetune(tmp_path, _config(tmp_path, "run", steps=12))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stderr
     losses = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     reference = [json.loads(x) for x in (base / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if "loss" in r] == list(range(7, 13))
     expected = [r["loss"] for r in reference if "loss" in r][6:]
     assert [r["loss"] for r in losses if "loss" in r] == pytest.approx(expected, rel=1e-4)
-    got = safetensors.torch.load_file(str(resumed.last_checkpoint / "lora.safetensors"))
-    want = safetensors.torch.load_file(str(result.last_checkpoint / "lora.safetensors"))
+    resumed = tmp_path / "run" / "checkpoints" / "checkpoint_000012" / "consolidated"
+    got = safetensors.torch.load_file(str(resumed / "lora.safetensors"))
+    want = safetensors.torch.load_file(str(checkpoint / "lora.safetensors"))
     for key, tensor in want.items():
         assert torch.allclose(got[key], tensor, atol=1e-5), key
 
 
 def test_chat_command_answers_with_the_adapter(trained):
-    _, result = trained
+    _, _, checkpoint = trained
     question = FACTS[0][0]
     command = [
         console_script("mistral-nemo"),
         "chat",
         str(smollm2_gguf_path()),
         "--lora",
-        str(result.last_checkpoint.parent),
+        str(checkpoint.parent),
         "--temperature",
         "0",
         "--max-tokens",
