@@ -42,7 +42,9 @@ def _parser(prog: str, temperature: float | None) -> argparse.ArgumentParser:
         help=f"default {temperature}" if temperature is not None else "default: the model's (NeMo: 0.3)",
     )
     parser.add_argument("--seed", type=int, help="make sampling repeatable (not in mistral-inference)")
-    parser.add_argument("--lora_path", "--lora-path", dest="lora_path")
+    parser.add_argument(
+        "--lora_path", "--lora-path", dest="lora_path", help="a LoRA adapter (lora.safetensors or its folder)"
+    )
     parser.add_argument(
         "--num_pipeline_ranks", "--num-pipeline-ranks", type=int, default=1, help="accepted, ignored"
     )
@@ -79,9 +81,7 @@ def _mistral_chat(argv: Sequence[str] | None) -> int:
     parser = _parser("mistral-chat", temperature=None)
     parser.add_argument("--instruct", action="store_true", help="use the chat format")
     args = parser.parse_args(argv)
-    if args.lora_path:
-        raise ValueError("LoRA adapters are not supported yet (--lora_path)")
-    loaded = load(args.model_path)
+    loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
     engine = single_request_engine(loaded)
     tokenizer, params = loaded.tokenizer, _params(args, loaded.generation_defaults)
     messages: list[dict[str, str]] = []
@@ -114,9 +114,7 @@ def mistral_demo(argv: Sequence[str] | None = None) -> int:
 
 def _mistral_demo(argv: Sequence[str] | None) -> int:
     args = _parser("mistral-demo", temperature=0.0).parse_args(argv)
-    if args.lora_path:
-        raise ValueError("LoRA adapters are not supported yet (--lora_path)")
-    loaded = load(args.model_path)
+    loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
     engine = single_request_engine(loaded)
     for prompt in DEMO_PROMPTS:
         ids = loaded.tokenizer.encode(prompt, bos=True)

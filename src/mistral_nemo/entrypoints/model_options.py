@@ -64,6 +64,12 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU threads for the model (torch and numba; default: torch's choice, one per core)",
     )
+    parser.add_argument(
+        "--lora",
+        metavar="PATH",
+        help="a LoRA adapter applied on load: mistral-finetune's lora.safetensors (or its checkpoint folder) "
+        "or a PEFT folder",
+    )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +159,7 @@ def load_for_cli(args: argparse.Namespace) -> LoadedModel:
     apply_threads(args.threads)
     started = time.perf_counter()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    loaded = load(args.model, dtype=dtype, device=args.device, quantization=args.quantization)
+    loaded = load(args.model, dtype=dtype, device=args.device, quantization=args.quantization, lora=args.lora)
     print(
         f"Loaded {loaded.name} ({loaded.format}, {loaded.args.num_parameters() / 1e6:,.0f}M parameters) "
         f"in {time.perf_counter() - started:.1f}s",

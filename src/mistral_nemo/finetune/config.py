@@ -185,8 +185,10 @@ def _check_semantics(c: TrainConfig) -> None:
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML file; relative data paths and run_dir are taken relative to the current folder,
     as mistral-finetune does."""
-    import yaml
-
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading YAML configs needs PyYAML: pip install 'mistral-nemo[finetune]'") from None
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))

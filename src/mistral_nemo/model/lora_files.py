@@ -69,7 +69,7 @@ def read_adapter(path: str | Path, args: ModelArgs) -> tuple[dict[str, torch.Ten
     """(tensors in mistral-finetune's names and layout, scaling) of a mistral-finetune or PEFT adapter."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise LoraError(f"adapter not found: {path}")
+        raise LoraError(f"LoRA adapter not found: {path}")
     if is_peft_adapter(path):
         return read_peft(path, args)
     file = _mistral_adapter_file(path)
