@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from mistral_nemo import __version__
 from mistral_nemo.entrypoints.server.errors import APIError, error_response
 from mistral_nemo.entrypoints.server.metrics import CONTENT_TYPE
-from mistral_nemo.entrypoints.server.state import ServerState, get_state
+from mistral_nemo.entrypoints.server.state import ServerState, get_state, is_tekken
 
 router = APIRouter()
 
