@@ -170,7 +170,9 @@ def test_abort_frees_running_and_waiting(nemo: LoadedModel) -> None:
 
 
 def test_admission_errors_are_distinct(nemo: LoadedModel) -> None:
-    engine = LLMEngine(nemo, EngineConfig(num_blocks=8, block_size=4, max_queue=2, max_model_len=64))
+    engine = LLMEngine(
+        nemo, EngineConfig(num_blocks=8, block_size=4, max_num_seqs=1, max_queue=2, max_model_len=64)
+    )
     with pytest.raises(ContextLengthError, match=r"64 tokens.*10 prompt tokens.*100 more"):
         engine.add_request("long", list(range(1000, 1010)), SamplingParams(max_tokens=100))
     with pytest.raises(NeverFitsError, match="whole cache holds 32"):
@@ -183,8 +185,9 @@ def test_admission_errors_are_distinct(nemo: LoadedModel) -> None:
         engine.add_request("empty", [], SamplingParams(max_tokens=1))
     engine.add_request("a", [1000, 1001], SamplingParams(max_tokens=2))
     engine.add_request("b", [1000, 1001], SamplingParams(max_tokens=2))
+    engine.add_request("c", [1000, 1001], SamplingParams(max_tokens=2))  # the free running slot
     with pytest.raises(QueueFullError, match="overloaded"):
-        engine.add_request("c", [1000, 1001], SamplingParams(max_tokens=2))
+        engine.add_request("d", [1000, 1001], SamplingParams(max_tokens=2))
     assert not isinstance(QueueFullError("x"), ValueError)  # 503, not a client error
 
 
