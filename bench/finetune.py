@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.gguf_fixtu
 
 from mistral_nemo.finetune.data.packing import Batch, Window
 from mistral_nemo.finetune.forward import loss_sum
+from mistral_nemo.finetune.trainer import quiet_numba_threads
 from mistral_nemo.model.loading import load
 from mistral_nemo.model.lora import add_lora, lora_parameters
 from tests.gguf_fixture import fetch_smollm2_gguf
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    quiet_numba_threads()  # as `mistral-nemo finetune` does (see its docstring)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     gguf = fetch_smollm2_gguf()
     tokenizer = load(gguf, device="cpu").tokenizer

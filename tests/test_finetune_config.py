@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -107,3 +108,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     missing.write_text(f"run_dir: r\ndata: {{instruct_data: {tmp_path / 'nope.jsonl'}}}\n")
     assert cli(["finetune", "--validate", str(missing)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_documented_example_validates(monkeypatch, capsys):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # its paths are relative to the repository root
+    assert cli(["finetune", "--validate", "examples/finetune/facts.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "examples/finetune/facts.jsonl (instruct, weight 1.000): 24 samples" in out
+    assert "examples/finetune/questions.jsonl (eval" in out and "0 malformed line(s)" in out

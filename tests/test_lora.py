@@ -246,3 +246,35 @@ def test_bad_adapters_are_refused_by_name(mistral_folder, tmp_path):
         load(mistral_folder, device="cpu", lora=tmp_path / "bad")
     with pytest.raises(LoraError, match="no adapter at"):
         load(mistral_folder, device="cpu", lora=tmp_path)
+
+
+def test_llm_and_mistral_chat_take_the_adapter(mistral_folder, tmp_path):
+    from mistral_nemo import LLM, SamplingParams
+    from tests.conftest import console_script
+
+    args = load(mistral_folder, device="cpu").args
+    write_adapter(tmp_path / "adapter", random_adapter(args, rank=4, seed=8))
+    cli(["lora", "merge", str(mistral_folder), str(tmp_path / "adapter"), str(tmp_path / "merged")])
+    params = SamplingParams(temperature=0, max_tokens=6)
+    prompt = [1, 1050, 1300, 2000]
+    want = (
+        LLM(tmp_path / "merged", device="cpu")
+        .generate([prompt], params, use_tqdm=False)[0]
+        .outputs[0]
+        .token_ids
+    )
+    by_path = LLM(mistral_folder, device="cpu", lora=tmp_path / "adapter")
+    on_loaded = LLM(load(mistral_folder, device="cpu"), lora=tmp_path / "adapter")
+    for llm in (by_path, on_loaded):
+        assert llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids == want
+    base = (
+        LLM(mistral_folder, device="cpu").generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+    )
+    assert base != want
+    import subprocess
+
+    done = subprocess.run(
+        [console_script("mistral-demo"), str(mistral_folder), "--lora_path", str(tmp_path / "adapter"),
+         "--max_tokens", "4"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
