@@ -6,9 +6,10 @@ On a CUDA machine (sized for one H100, under 8 minutes), in one process:
              the GPU, Transformer.logits on the same weights; relative L2 error against a stated tolerance.
   fp8        the same weights as Fp8Linear (per-channel from_float): one linear through forward_w8a8
              (torch._scaled_mm) vs the bf16 matmul, and the whole model's logits vs the bf16 model.
-  cuda_graph the project has no CUDA-graph decode path, so this script captures one decode step
-             (Transformer.forward over the engine's PagedKVCache) with torch.cuda.CUDAGraph, replays
-             it and compares the logits bit for bit with the eager step, for two different inputs.
+  decode_step one bf16 decode step (Transformer.forward over the engine's PagedKVCache, --graph-layers
+             40, batch 32, context 128) vs a cache-free forward (tolerance); the project has no
+             CUDA-graph decode path, so the step is captured here with torch.cuda.CUDAGraph, replayed
+             and compared bit for bit with the eager step, for two different inputs.
   decode     NeMo-12B geometry (--bench-layers 40), random bf16 and FP8 weights, greedy decode through
              the public LLM API (continuous-batching engine, paged cache) at batch 1 and 32, beside
              transformers' MistralForCausalLM (same geometry, random bf16 weights) on the same GPU.
@@ -22,7 +23,6 @@ the CPU stands in for CUDA bf16, FP8 through torch's CPU _scaled_mm, no CUDA gra
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import sys
@@ -35,17 +35,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mistral_nemo import LLM, SamplingParams
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_check_decode import bench_decode, free_memory, random_model
+
 from mistral_nemo.engine.paged_cache import PagedKVCache, SeqSlice
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.loading import LoadedModel
-from mistral_nemo.model.quant import weight_bytes
-from mistral_nemo.model.quant.fp8 import FP8, Fp8Linear
-from mistral_nemo.model.transformer import RMSNorm, Rotary, Transformer
+from mistral_nemo.model.quant.fp8 import Fp8Linear
+from mistral_nemo.model.transformer import Transformer
 
 # Stated tolerances (relative L2 error of the logits, ||a - b|| / ||b||), each checked in the output.
 # bf16 keeps 8 significant bits (rounding 2^-9 per operation): a few layers stay within 1-2 %.
 BF16_VS_FP32_TOL = 0.05
+# The same bf16 model along two kernel paths (paged decode vs one causal forward): summation order only.
+BF16_VS_BF16_TOL = 0.05
 # e4m3 keeps 4 significant bits (|w - w_q| <= |w| / 16) and the activations are quantized too: about 3 %
 # per product, partly averaging out in a dot product; a whole model compounds it layer by layer.
 FP8_LINEAR_TOL = 0.08
@@ -63,43 +66,6 @@ SMOKE = ModelArgs(
     rope_theta=1_000_000.0,
 )  # head_dim * n_heads != dim, like NeMo
 NEMO = ModelArgs.preset("nemo-12b")
-
-
-def random_model(
-    args: ModelArgs, device: str, dtype: torch.dtype, fp8: bool = False, seed: int = 0
-) -> Transformer:
-    """Transformer with random weights made where they live (no full-size CPU copy, no fp32 detour).
-
-    Linear weights ~ N(0, 1 / in_features) so activations keep their scale through the layers; norms
-    ~ U(0.8, 1.2). With fp8, every linear is an Fp8Linear of random e4m3 codes with per-row scales.
-    """
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.device("meta"):
-        model = Transformer(args)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, _random_linear(child, device, dtype, fp8, gen))
-    model.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=device, dtype=dtype)
-    model.tok_embeddings.weight.data.normal_(0.0, 1.0, generator=gen)
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.weight = nn.Parameter(torch.empty(args.dim, device=device, dtype=dtype))
-            module.weight.data.uniform_(0.8, 1.2, generator=gen)
-    model.rotary = Rotary(args.head_dim, args.rope_theta).to(device)
-    return model.eval()
-
-
-def _random_linear(
-    meta: nn.Linear, device: str, dtype: torch.dtype, fp8: bool, gen: torch.Generator
-) -> nn.Module:
-    out_f, in_f = meta.out_features, meta.in_features
-    if fp8:  # codes spread over e4m3's range, scaled so the weights are ~ N(0, 1 / in_f) as in bf16
-        codes = (torch.randn(out_f, in_f, device=device, generator=gen) * 64).clamp_(-448, 448).to(FP8)
-        return Fp8Linear(codes, torch.full((out_f,), 1 / (64 * in_f**0.5), device=device))
-    linear = nn.Linear(in_f, out_f, bias=False, device=device, dtype=dtype)
-    linear.weight.data.normal_(0.0, in_f**-0.5, generator=gen)
-    return linear.requires_grad_(False)
 
 
 def compare(got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -162,20 +128,22 @@ def _fp8_forward_path(device: str) -> str:
 
 
 @torch.inference_mode()
-def check_cuda_graph(args: ModelArgs, device: str, batch: int, context: int) -> dict[str, Any]:
-    """One decode step of Transformer.forward over PagedKVCache: eager vs CUDAGraph replay, bitwise."""
+def check_decode_step(args: ModelArgs, device: str, batch: int, context: int) -> dict[str, Any]:
+    """One bf16 decode step of Transformer.forward over the engine's PagedKVCache (batch sequences of
+    `context` cached tokens): vs a cache-free forward of the whole sequence (tolerance), and on CUDA
+    eager vs a torch.cuda.CUDAGraph replay of the same step (bitwise, two inputs)."""
     model = random_model(args, device, torch.bfloat16, seed=4)
     block = 16
     per_seq = -(-(context + 1) // block)
     cache = PagedKVCache(args, batch * per_seq, block, torch.bfloat16, device)
     tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
     gen = torch.Generator().manual_seed(5)
-    prompt = torch.randint(0, args.vocab_size, (batch * context,), generator=gen)
+    prompt = torch.randint(0, args.vocab_size, (batch, context), generator=gen)
     cache.begin_step(
         torch.cat([cache.slots_for(t, 0, context) for t in tables]),
         [SeqSlice(i * context, context, cache.slots_for(t, 0, context)) for i, t in enumerate(tables)],
     )
-    model(prompt.to(device), torch.arange(context).repeat(batch).to(device), cache)  # prefill
+    model(prompt.flatten().to(device), torch.arange(context).repeat(batch).to(device), cache)  # prefill
     cache.begin_step(
         torch.cat([cache.slots_for(t, context, context + 1) for t in tables]),
         [SeqSlice(i, 1, cache.slots_for(t, 0, context + 1)) for i, t in enumerate(tables)],
@@ -183,11 +151,19 @@ def check_cuda_graph(args: ModelArgs, device: str, batch: int, context: int) -> 
     tokens = torch.randint(0, args.vocab_size, (batch,), generator=gen).to(device)
     positions = torch.full((batch,), context, device=device)
     eager = model(tokens, positions, cache).clone()
+    last = batch - 1  # the last sequence: its slots are the furthest from the first one's
+    full = model.logits(torch.cat([prompt[last], tokens[last : last + 1].cpu()]))[-1]
+    out: dict[str, Any] = {"layers": args.n_layers, "batch": batch, "context": context}
+    out["paged_vs_full_forward"] = {**compare(eager[last], full), "tol_rel_l2": BF16_VS_BF16_TOL}
+    out["paged_vs_full_forward"]["pass"] = out["paged_vs_full_forward"]["rel_l2"] <= BF16_VS_BF16_TOL
+    if not device.startswith("cuda"):
+        out["cuda_graph"] = {"skipped": "no CUDA device (--cpu-smoke)"}
+        return out
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up off the capture stream, as torch.cuda.graphs asks
         for _ in range(2):
-            model(tokens, positions, cache)
+            model(tokens, positions, cache)  # rewrites the same K/V into the same slots
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -195,20 +171,17 @@ def check_cuda_graph(args: ModelArgs, device: str, batch: int, context: int) -> 
     graph.replay()
     first = torch.equal(static_out, eager)
     tokens.copy_(torch.randint(0, args.vocab_size, (batch,), generator=gen).to(device))
-    eager2 = model(tokens, positions, cache).clone()  # rewrites the same slot with the new token's K/V
+    eager2 = model(tokens, positions, cache).clone()  # writes the new token's K/V into the same slots
     graph.replay()
     second = torch.equal(static_out, eager2)
-    step_ms = _time_ms(lambda: model(tokens, positions, cache)), _time_ms(graph.replay)
-    return {
-        "compared": "Transformer.forward decode step over PagedKVCache, captured with torch.cuda.CUDAGraph "
-        "in this script (the project has no CUDA-graph path), bf16 logits of 2 inputs",
-        "layers": args.n_layers,
-        "batch": batch,
-        "context": context,
+    out["cuda_graph"] = {
+        "compared": "this decode step captured with torch.cuda.CUDAGraph in this script (the project has "
+        "no CUDA-graph path): replayed bf16 logits vs eager, for 2 inputs",
         "bit_equal": first and second,
-        "eager_step_ms": step_ms[0],
-        "graph_step_ms": step_ms[1],
+        "eager_step_ms": _time_ms(lambda: model(tokens, positions, cache)),
+        "graph_step_ms": _time_ms(graph.replay),
     }
+    return out
 
 
 def _time_ms(fn: Any, repeats: int = 5) -> float:
@@ -218,160 +191,6 @@ def _time_ms(fn: Any, repeats: int = 5) -> float:
         fn()
     torch.cuda.synchronize()
     return round((time.perf_counter() - start) / repeats * 1e3, 3)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def decode_ours(
-    model: Transformer,
-    args: ModelArgs,
-    tokenizer: Any,
-    device: str,
-    batch: int,
-    prompt_len: int,
-    gen_len: int,
-) -> float:
-    """Decode tokens/s through the public LLM API (greedy, ignore_eos), prefill subtracted."""
-    loaded = LoadedModel(model, tokenizer, args, Path("random"), "random", "nemo-shaped random weights")
-    llm = LLM(
-        loaded,
-        max_num_seqs=batch,
-        max_num_batched_tokens=max(2048, batch * prompt_len),
-        num_blocks=batch * (-(-(prompt_len + gen_len + 1) // 16)) * 3,
-    )
-    gen = torch.Generator().manual_seed(batch)
-
-    def run(tokens: int) -> float:
-        prompts = [
-            torch.randint(1000, args.vocab_size, (prompt_len,), generator=gen).tolist() for _ in range(batch)
-        ]
-        params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-        _sync(device)
-        start = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        _sync(device)
-        assert all(len(o.outputs[0].token_ids) == tokens for o in outs)
-        return time.perf_counter() - start
-
-    run(2)  # warm-up: kernels, allocator
-    return batch * (gen_len - 1) / max(run(gen_len) - run(1), 1e-9)
-
-
-def decode_transformers(args: ModelArgs, device: str, batch: int, prompt_len: int, gen_len: int) -> float:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    config = MistralConfig(
-        hidden_size=args.dim,
-        intermediate_size=args.hidden_dim,
-        num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads,
-        num_key_value_heads=args.n_kv_heads,
-        head_dim=args.head_dim,
-        vocab_size=args.vocab_size,
-        rms_norm_eps=args.norm_eps,
-        rope_theta=args.rope_theta,
-        max_position_embeddings=args.max_seq_len,
-        sliding_window=None,
-        tie_word_embeddings=False,
-    )
-    with torch.device(device):
-        model = MistralForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
-    model.eval()
-    gen = torch.Generator().manual_seed(7)
-
-    def run(tokens: int) -> float:
-        ids = torch.randint(1000, args.vocab_size, (batch, prompt_len), generator=gen).to(device)
-        _sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=tokens,
-                min_new_tokens=tokens,
-                do_sample=False,
-                pad_token_id=0,
-            )
-        _sync(device)
-        assert out.shape[1] == prompt_len + tokens
-        return time.perf_counter() - start
-
-    run(2)
-    return batch * (gen_len - 1) / max(run(gen_len) - run(1), 1e-9)
-
-
-def bench_decode(
-    args: ModelArgs,
-    device: str,
-    batches: list[int],
-    prompt_len: int,
-    gen_len: int,
-    peak_tbs: float,
-    skip_transformers: bool,
-    bar: tqdm,
-) -> dict[str, Any]:
-    from mistral_nemo.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(_tekken_path())
-    out: dict[str, Any] = {
-        "layers": args.n_layers,
-        "vocab": args.vocab_size,
-        "prompt_len": prompt_len,
-        "gen_len": gen_len,
-        "peak_tb_s": peak_tbs,
-        "path": "LLM.generate (engine, paged KV cache), greedy, ignore_eos",
-    }
-    for kind in ("bf16", "fp8"):
-        model = random_model(args, device, torch.bfloat16, fp8=kind == "fp8", seed=8)
-        step_bytes = weight_bytes(model)
-        out[f"ours_{kind}"] = {"weight_bytes_per_step": step_bytes}
-        for batch in batches:
-            bar.set_description(f"decode ours {kind} b{batch}")
-            rate = decode_ours(model, args, tokenizer, device, batch, prompt_len, gen_len)
-            out[f"ours_{kind}"][f"b{batch}"] = _rate_entry(rate, batch, step_bytes, peak_tbs)
-            bar.update(1)
-        del model
-        _free(device)
-    if not skip_transformers:
-        # Every bf16 weight once per step, the embedding only its looked-up rows (as weight_bytes counts).
-        hf_bytes = 2 * (args.num_parameters() - args.vocab_size * args.dim + args.dim)
-        out["transformers_bf16"] = {"weight_bytes_per_step": hf_bytes}
-        for batch in batches:
-            bar.set_description(f"decode transformers b{batch}")
-            rate = decode_transformers(args, device, batch, prompt_len, gen_len)
-            out["transformers_bf16"][f"b{batch}"] = _rate_entry(rate, batch, hf_bytes, peak_tbs)
-            _free(device)
-            bar.update(1)
-    return out
-
-
-def _rate_entry(tok_s: float, batch: int, step_bytes: int, peak_tbs: float) -> dict[str, float]:
-    gb_s = step_bytes * tok_s / batch / 1e9  # one step reads every weight once for the whole batch
-    return {
-        "tok_s": _sig(tok_s),
-        "steps_s": _sig(tok_s / batch),
-        "hbm_gb_s": _sig(gb_s),
-        "share_of_peak": _sig(gb_s / (peak_tbs * 1e3)),
-    }
-
-
-def _sig(x: float) -> float:
-    return float(f"{x:.4g}")
-
-
-def _free(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-
-
-def _tekken_path() -> Path:
-    import mistral_common  # NeMo's tokenizer file ships with mistral_common (a test dependency)
-
-    return Path(mistral_common.__file__).parent / "data" / "tekken_240718.json"
 
 
 def _guard(part: str, fn: Any, *a: Any) -> dict[str, Any]:
@@ -388,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="the accelerator (default cuda)")
     p.add_argument("--fidelity-layers", type=int, default=2, help="layers of the fp32-vs-bf16 model")
     p.add_argument("--fidelity-vocab", type=int, default=131072, help="vocabulary of the fidelity model")
+    p.add_argument("--graph-layers", type=int, default=40, help="layers of the decode-step / graph check")
     p.add_argument("--bench-layers", type=int, default=40, help="layers of the decode bench (NeMo: 40)")
     p.add_argument("--batches", default="1,32", help="decode batch sizes")
     p.add_argument("--prompt-len", type=int, default=32)
@@ -397,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = p.parse_args(argv)
     batches = [int(b) for b in opts.batches.split(",")]
     if opts.cpu_smoke:
-        device, fid_args, bench_args = "cpu", SMOKE, SMOKE
+        device, fid_args, bench_args, graph_args = "cpu", SMOKE, SMOKE, SMOKE.with_changes(n_layers=4)
+        step_shape = (4, 32)  # batch, context
         opts.gen_len, opts.prompt_len = min(opts.gen_len, 4), min(opts.prompt_len, 8)
         batches = sorted({min(b, 2) for b in batches})
     else:
@@ -406,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         device = opts.device
         fid_args = NEMO.with_changes(n_layers=opts.fidelity_layers, vocab_size=opts.fidelity_vocab)
         bench_args = NEMO.with_changes(n_layers=opts.bench_layers)
+        graph_args = NEMO.with_changes(n_layers=opts.graph_layers)
+        step_shape = (32, 128)
     torch.manual_seed(0)
     start = time.perf_counter()
     steps = 2 + 2 * len(batches) + (0 if opts.skip_transformers else len(batches))
@@ -417,12 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=steps, desc="fidelity", file=sys.stderr, dynamic_ncols=True) as bar:
         result["fidelity"] = _guard("fidelity", check_fidelity, fid_args, device, 16)
         bar.update(1)
-        bar.set_description("cuda graph")
-        if device == "cpu":
-            result["cuda_graph"] = {"skipped": "no CUDA device (--cpu-smoke)"}
-        else:
-            result["cuda_graph"] = _guard("cuda_graph", check_cuda_graph, bench_args, device, 32, 128)
-        _free(device)
+        bar.set_description("decode step")
+        result["decode_step"] = _guard("decode_step", check_decode_step, graph_args, device, *step_shape)
+        free_memory(device)
         bar.update(1)
         result["decode"] = _guard(
             "decode",

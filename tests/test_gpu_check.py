@@ -59,8 +59,13 @@ def test_fidelity_within_stated_tolerances(smoke: dict) -> None:
     assert fp8["forward_path"].startswith("cpu weight-only")
 
 
-def test_cuda_graph_is_skipped_with_reason_on_cpu(smoke: dict) -> None:
-    assert smoke["cuda_graph"] == {"skipped": "no CUDA device (--cpu-smoke)"}
+def test_paged_decode_step_matches_full_forward_and_graph_is_skipped_on_cpu(smoke: dict) -> None:
+    step = smoke["decode_step"]
+    assert "error" not in step, step
+    paged = step["paged_vs_full_forward"]
+    assert paged["pass"] and paged["rel_l2"] <= paged["tol_rel_l2"] == 0.05
+    assert paged["top1_agree"] == 1.0
+    assert step["cuda_graph"] == {"skipped": "no CUDA device (--cpu-smoke)"}
     assert smoke["cpu_smoke"] is True and smoke["device"].startswith("cpu")
 
 
