@@ -46,6 +46,9 @@ def random_model(
             module.weight = nn.Parameter(torch.empty(args.dim, device=device, dtype=dtype))
             module.weight.data.uniform_(0.8, 1.2, generator=gen)
     model.rotary = Rotary(args.head_dim, args.rope_theta).to(device)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a module this builder does not know yet (the transformer grew a part): say which
+        raise RuntimeError(f"random_model left these tensors unmade: {left[:5]}")
     return model.eval()
 
 
@@ -120,6 +123,8 @@ def decode_transformers(args: ModelArgs, device: str, batch: int, prompt_len: in
     )
     with torch.device(device):
         model = MistralForCausalLM._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    if model.dtype != torch.bfloat16:  # transformers < 4.56 calls it torch_dtype; never time fp32 instead
+        raise RuntimeError(f"transformers built the reference in {model.dtype}, not bfloat16")
     model.eval()
     gen = torch.Generator().manual_seed(7)
 
