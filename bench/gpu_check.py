@@ -204,7 +204,7 @@ def _guard(part: str, fn: Any, *a: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu-smoke", action="store_true", help="tiny NeMo-shaped model on the CPU (for CI)")
-    p.add_argument("--device", default="cuda", help="the accelerator (default cuda)")
+    p.add_argument("--device", default=None, help="the CUDA device (default cuda)")
     p.add_argument("--fidelity-layers", type=int, default=2, help="layers of the fp32-vs-bf16 model")
     p.add_argument("--fidelity-vocab", type=int, default=131072, help="vocabulary of the fidelity model")
     p.add_argument("--graph-layers", type=int, default=40, help="layers of the decode-step / graph check")
@@ -215,7 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tbs", type=float, default=H100_PEAK_TBS, help="the card's HBM peak, TB/s")
     p.add_argument("--skip-transformers", action="store_true")
     opts = p.parse_args(argv)
-    batches = [int(b) for b in opts.batches.split(",")]
+    try:
+        batches = [int(b) for b in opts.batches.split(",")]
+    except ValueError:
+        p.error(f"--batches takes comma-separated integers, got {opts.batches!r}")
+    sizes = {"--batches": min(batches), "--prompt-len": opts.prompt_len, "--gen-len": opts.gen_len - 1}
+    for flag in ("--fidelity-layers", "--fidelity-vocab", "--graph-layers", "--bench-layers"):
+        sizes[flag] = getattr(opts, flag[2:].replace("-", "_"))
+    bad = [flag for flag, value in sizes.items() if value < 1]
+    if bad or opts.peak_tbs <= 0:
+        p.error(f"{', '.join(bad) or '--peak-tbs'} must be positive (--gen-len at least 2)")
+    if opts.cpu_smoke and opts.device is not None:
+        p.error("--cpu-smoke runs on the CPU: leave out --device")
     if opts.cpu_smoke:
         device, fid_args, bench_args, graph_args = "cpu", SMOKE, SMOKE, SMOKE.with_changes(n_layers=4)
         step_shape = (4, 32)  # batch, context
@@ -224,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not torch.cuda.is_available():
             p.error("no CUDA device: run on a GPU machine, or pass --cpu-smoke")
-        device = opts.device
+        device = opts.device or "cuda"
+        if not device.startswith("cuda"):
+            p.error(
+                f"--device must be a CUDA device (cuda, cuda:1), got {device!r}; for the CPU: --cpu-smoke"
+            )
         fid_args = NEMO.with_changes(n_layers=opts.fidelity_layers, vocab_size=opts.fidelity_vocab)
         bench_args = NEMO.with_changes(n_layers=opts.bench_layers)
         graph_args = NEMO.with_changes(n_layers=opts.graph_layers)

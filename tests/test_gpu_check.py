@@ -100,3 +100,9 @@ def test_without_cuda_the_full_check_refuses_clearly() -> None:
     proc = _run()
     assert proc.returncode == 2 and proc.stdout == ""
     assert "no CUDA device" in proc.stderr and "--cpu-smoke" in proc.stderr
+
+
+def test_bad_flags_are_refused_by_name() -> None:
+    proc = _run("--cpu-smoke", "--batches", "1,x")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--batches takes comma-separated integers, got '1,x'" in proc.stderr
