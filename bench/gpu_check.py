@@ -42,7 +42,7 @@ from gpu_check_decode import bench_decode, free_memory, random_model
 from mistral_nemo.engine.paged_cache import PagedKVCache, SeqSlice
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.quant.fp8 import Fp8Linear
-from mistral_nemo.model.transformer import Transformer
+from mistral_nemo.model.transformer import Rotary, Transformer
 
 # Stated tolerances (relative L2 error of the logits, ||a - b|| / ||b||), each checked in the output.
 # bf16 keeps 8 significant bits (rounding 2^-9 per operation): a few layers stay within 1-2 %.
@@ -90,6 +90,7 @@ def check_fidelity(args: ModelArgs, device: str, prompt_len: int) -> dict[str, A
     # Quantize from the fp32 weights (as `mistral-nemo quantize` would) before the cast to bf16.
     fp8_layers = {(id(m), n): Fp8Linear.from_float(getattr(m, n).weight) for m, n in _linears(model)}
     model.to(device=device, dtype=torch.bfloat16)
+    model.rotary = Rotary(args.head_dim, args.rope_theta).to(device)  # fp32 frequencies, as load() keeps
     bf16 = model.logits(ids)
     out: dict[str, Any] = {"layers": args.n_layers, "prompt_len": prompt_len, "device": device}
     out["bf16_vs_fp32"] = {**compare(bf16, ref), "tol_rel_l2": BF16_VS_FP32_TOL}
