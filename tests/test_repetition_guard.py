@@ -50,7 +50,7 @@ def _answer(loaded: LoadedModel, argv: list[str]) -> tuple[str, LocalConversatio
 
 def test_chat_stops_a_looping_answer_with_a_note(smollm2_loaded: LoadedModel) -> None:
     # A repetition penalty below 1 rewards repeating: the embedded model loops at once.
-    looping = ["--repetition-penalty", "0.3", "--max-tokens", "60"]
+    looping = ["--repetition-penalty", "0.3", "--max-tokens", "72"]
     guarded, conversation = _answer(smollm2_loaded, looping)
     assert conversation.note == LOOP_NOTE
     unguarded, free = _answer(smollm2_loaded, [*looping, "--no-repetition-guard"])

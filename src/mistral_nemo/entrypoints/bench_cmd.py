@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prompt-len and --batch must be >= 1, --gen-len >= 2")
     loaded = load_for_cli(args)  # first: --threads must size numba's pool before anything imports numba
     from mistral_nemo.model.quant import weight_bytes as weight_bytes_read
+
     batch = 1 if args.mode == "latency" else args.batch
     engine = LLMEngine(loaded, engine_config_from_args(args, max_num_seqs=max(batch, 1)))
     prompts = _random_prompts(loaded, batch, args.prompt_len, args.seed)

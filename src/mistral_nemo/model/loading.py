@@ -187,8 +187,6 @@ def _check_device(device: torch.device | str | None) -> torch.device:
         raise ValueError(f"device {str(chosen)!r} is not available: {why}; use --device cpu")
     if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
         raise ValueError(f"device {str(chosen)!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s)")
-    if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {str(chosen)!r} is not supported: use cpu or cuda[:N]")
     return chosen
 
 
