@@ -37,6 +37,7 @@ class _SeqText:
     logprobs: list[TokenLogprob] | None = None
     stop_reason: int | str | None = None
     constraint: DecodingConstraint | None = None
+    row: SamplingRow | None = None  # what the sampler reads; its id lists grow in place
 
 
 @dataclass
@@ -167,10 +168,10 @@ class LLMEngine:
             if seq.num_computed <= len(seq.prompt_ids):
                 self.prompt_tokens_total += item.num_tokens
         if sampling:
-            rows = [self._sampling_row(seq) for seq in sampling]
-            stacked = torch.stack([logits.next_token[seq.seq_id] for seq in sampling])
-            stacked = apply_constraints(stacked, [seq.state.constraint for seq in sampling])
-            for seq, sampled in zip(sampling, sample_batch(stacked, rows), strict=True):
+            rows = [seq.state.row for seq in sampling]
+            next_logits = logits.next_token_rows([seq.seq_id for seq in sampling])
+            next_logits = apply_constraints(next_logits, [seq.state.constraint for seq in sampling])
+            for seq, sampled in zip(sampling, sample_batch(next_logits, rows), strict=True):
                 self._append_token(seq, sampled)
         touched = {item.seq.request_id for item in batch}
         return [self._request_output(self._requests[r]) for r in touched if r in self._requests]
@@ -205,17 +206,15 @@ class LLMEngine:
             logprobs=[] if params.logprobs is not None else None,
             constraint=params.constraint() if params.constraint is not None else None,
         )
+        seq.state.row = SamplingRow(params, seq.generator, seq.prompt_ids, seq.output_ids, stop_ids)
         return seq
-
-    def _sampling_row(self, seq: Sequence) -> SamplingRow:
-        return SamplingRow(seq.params, seq.generator, seq.prompt_ids, seq.output_ids, seq.state.stop_ids)
 
     def _append_token(self, seq: Sequence, sampled: Any) -> None:
         state: _SeqText = seq.state
         token = sampled.token_id
         if state.constraint is not None:
             state.constraint.accept(token)
-        seq.output_ids.append(token)
+        seq.append_token(token)
         self.generation_tokens_total += 1
         state.delta_ids.append(token)
         if state.logprobs is not None:

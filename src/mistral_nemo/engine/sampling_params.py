@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+GREEDY_TEMPERATURE = 1e-5  # temperatures below it sample greedily
 
 
 class SamplingParamsError(ValueError):
@@ -44,7 +45,7 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
 
 @dataclass
 class SamplingParams:
-    """vLLM-shaped parameters. temperature 0 means greedy; top_k 0 (or -1) means no top-k cut.
+    """vLLM-shaped parameters. temperature 0 (or below 1e-5) means greedy; top_k 0 (or -1) means no top-k cut.
 
     Penalties follow the usual conventions: presence/frequency (OpenAI) subtract
     ``presence * [count > 0] + frequency * count`` over the *output* tokens; repetition
@@ -106,7 +107,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits / temperature leave float32's range (1e-38 gave "ectableectable..."),
+        # and the distribution is one-hot on the argmax anyway (vLLM uses the same epsilon).
+        return self.temperature < GREEDY_TEMPERATURE
 
     def clone(self, **changes: Any) -> SamplingParams:
         """A deep copy with some fields changed (and validated again); the constraint factory is shared."""
