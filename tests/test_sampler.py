@@ -343,3 +343,12 @@ def test_ordinary_repetition_penalty_is_not_shifted() -> None:
     rows = [_row(SamplingParams(temperature=0, repetition_penalty=1.3), prompt=prompt) for _ in range(2)]
     reference = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt, prompt]), logits.clone())
     assert torch.equal(process_logits(logits, rows), reference)
+
+
+def test_greedy_ties_pick_the_first_index_like_torch() -> None:
+    logits = torch.zeros(3, VOCAB)
+    logits[0, [5, 9]] = 1.0
+    logits[1, [0, VOCAB - 1]] = 2.0
+    logits[2, 7] = float("nan")  # NaN counts as the maximum in torch.argmax
+    rows = [_row(SamplingParams(temperature=0)) for _ in range(3)]
+    assert [t.token_id for t in sample_batch(logits, rows)] == logits.argmax(-1).tolist() == [5, 0, 7]

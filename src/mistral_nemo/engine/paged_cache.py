@@ -44,6 +44,8 @@ class PagedKVCache:
         self._slot_mapping: torch.Tensor | None = None
         self._seqs: list[SeqSlice] = []
         self._decode: DecodeSlots | None = None
+        # Whether pure decode steps run through the numba kernel (float32 CPU pools), see begin_decode.
+        self.has_decode_kernel = dtype == torch.float32 and self.keys.device.type == "cpu"
 
     @staticmethod
     def bytes_per_block(args: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
@@ -54,11 +56,6 @@ class PagedKVCache:
         positions = torch.arange(start, end)
         blocks = torch.tensor(block_table, dtype=torch.long)[positions // self.block_size]
         return blocks * self.block_size + positions % self.block_size
-
-    @property
-    def has_decode_kernel(self) -> bool:
-        """Whether pure decode steps run through the numba kernel (float32 CPU pools), see begin_decode."""
-        return self.keys.dtype == torch.float32 and self.keys.device.type == "cpu"
 
     def begin_step(self, slot_mapping: torch.Tensor, seqs: list[SeqSlice]) -> None:
         """Describe the next forward: the slot of each new token, and each sequence's slice."""
