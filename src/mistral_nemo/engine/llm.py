@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import sys
@@ -120,24 +121,70 @@ class LLM:
         use_tqdm: bool = True,
         *,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        tool_choice: str | Mapping[str, Any] = "auto",
+        response_format: Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
     ) -> list[RequestOutput]:
         """One conversation (a list of message dicts) or a list of them, in the model's chat format.
 
         Tool calls the model makes are parsed into `outputs[k].tool_calls` (OpenAI dicts), and
-        `outputs[k].text` is then the content around them.
+        `outputs[k].text` is then the content around them. `tool_choice` "auto" lets the model choose,
+        "none" forbids calls, "any" / "required" force at least one call and
+        `{"type": "function", "function": {"name": X}}` exactly one call of X; `response_format`
+        `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": {...}}}`
+        constrains the answer to JSON (the server runs the same code).
         """
         single = len(messages) == 0 or isinstance(messages[0], Mapping)
         conversations = [messages] if single else messages
         tokenizer = self.loaded.tokenizer
+        tool_list = [dict(t) for t in tools] if tools else None
         prompts: list[Prompt] = [
-            tokenizer.encode_chat(list(c), tools=list(tools) if tools else None)  # type: ignore[arg-type]
+            tokenizer.encode_chat(list(c), tools=tool_list)  # type: ignore[arg-type]
             for c in conversations
         ]
-        results = self._run(prompts, params or sampling_params, use_tqdm)
+        params = self._chat_params(params or sampling_params, tool_list, tool_choice, response_format,
+                                   parallel_tool_calls)  # fmt: skip
+        results = self._run(prompts, params, use_tqdm)
         for result in results:
             for out in result.outputs:
                 out.text, out.tool_calls = split_tool_calls(tokenizer, out.token_ids, out.text)
         return results
+
+    def _chat_params(
+        self,
+        params: SamplingParams | Sequence[SamplingParams] | None,
+        tools: list[dict[str, Any]] | None,
+        tool_choice: str | Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        parallel_tool_calls: bool,
+    ) -> SamplingParams | Sequence[SamplingParams] | None:
+        """The params with the constraint that tool_choice / response_format ask for, compiled once."""
+        if tool_choice not in ("auto", "none", "any", "required") and not isinstance(tool_choice, Mapping):
+            raise ValueError(
+                f"tool_choice must be auto, none, any, required or a named function, got {tool_choice!r}"
+            )
+        if (isinstance(tool_choice, Mapping) or tool_choice in ("any", "required")) and not tools:
+            raise ValueError(f"tool_choice {tool_choice!r} needs tools")
+        changes: dict[str, Any] = {}
+        if tool_choice == "none" and tools:
+            with contextlib.suppress(
+                TokenizerError, KeyError, AttributeError
+            ):  # no tool-call format: nothing
+                # the model may see the tools but not call them
+                changes["logit_bias"] = {self.loaded.tokenizer.special_id("[TOOL_CALLS]"): -100.0}
+        else:
+            from mistral_nemo.engine.structured_output import chat_constraint  # llguidance, on demand
+
+            choice = dict(tool_choice) if isinstance(tool_choice, Mapping) else tool_choice
+            fmt = dict(response_format) if response_format is not None else None
+            factory = chat_constraint(self.engine.grammar_compiler(), tools, choice, fmt, parallel_tool_calls)
+            if factory is not None:
+                changes["constraint"] = factory
+        if not changes:
+            return params
+        if params is None or isinstance(params, SamplingParams):
+            return _with_changes(params or SamplingParams(), changes)
+        return [_with_changes(p, changes) for p in params]
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -190,6 +237,11 @@ class LLM:
                     raise
                 return pending[k:]
         return []
+
+
+def _with_changes(params: SamplingParams, changes: dict[str, Any]) -> SamplingParams:
+    bias = {**(params.logit_bias or {}), **changes.get("logit_bias", {})}
+    return params.clone(**{**changes, "logit_bias": bias or None})
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from mistral_nemo.engine.sequence import FinishReason, Sequence
 from mistral_nemo.engine.stop_strings import StopStringFilter
 from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.tokenizer import IncrementalDetokenizer, SpecialTokenPolicy
+
+if TYPE_CHECKING:
+    from mistral_nemo.engine.structured_output import GrammarCompiler
 
 
 @dataclass
@@ -92,6 +95,7 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self._grammar_compiler: GrammarCompiler | None = None
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -116,6 +120,12 @@ class LLMEngine:
             if any(not 0 <= t < vocab for t in ids):
                 raise RequestError(f"{field_name} names a token id outside the vocabulary (0..{vocab - 1})")
         self.scheduler.check(len(prompt_ids), params.max_tokens, params.n)
+        if params.structured_outputs is not None and params.constraint is None:
+            from mistral_nemo.engine.structured_output import structured_output_constraint  # llguidance
+
+            params = params.clone(
+                constraint=structured_output_constraint(self.grammar_compiler(), params.structured_outputs)
+            )
         seqs = [self._new_seq(request_id, prompt_ids, params, i) for i in range(params.n)]
         for seq in seqs[1:]:
             seq.first_sibling = seqs[0]
@@ -147,6 +157,14 @@ class LLMEngine:
 
     def request_ids(self) -> list[str]:
         return list(self._requests)
+
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The tokenizer's grammar view for structured output, built on first use (~1 s at 131k tokens)."""
+        if self._grammar_compiler is None:
+            from mistral_nemo.engine.structured_output import GrammarCompiler
+
+            self._grammar_compiler = GrammarCompiler(self.tokenizer)
+        return self._grammar_compiler
 
     # ---- stepping ------------------------------------------------------------------------------
 
