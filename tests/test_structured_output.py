@@ -149,3 +149,15 @@ def test_tool_choice_none_never_calls(small_nemo: LLM) -> None:
     assert forced.token_ids[0] == tool_calls_id
     out = small_nemo.chat(USER, params, tools=TOOLS, tool_choice="none", use_tqdm=False)[0].outputs[0]
     assert tool_calls_id not in out.token_ids and out.tool_calls is None
+
+
+def test_tokenizers_implement_the_protocol_with_their_tool_call_token(small_nemo: LLM, smollm2: LLM) -> None:
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from mistral_nemo.tokenizer import Tokenizer
+
+    tekken, bpe = small_nemo.get_tokenizer(), smollm2.get_tokenizer()
+    assert isinstance(tekken, Tokenizer) and isinstance(bpe, Tokenizer)
+    reference = MistralTokenizer.v3(is_tekken=True).instruct_tokenizer.tokenizer
+    assert tekken.tool_calls_id == reference.get_control_token("[TOOL_CALLS]") == 9
+    assert bpe.tool_calls_id is None  # SmolLM2 has no tool-call format

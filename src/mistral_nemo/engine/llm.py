@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import sys
@@ -26,7 +25,7 @@ from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
-from mistral_nemo.tokenizer.errors import TokenizerError
+from mistral_nemo.tokenizer.base import Tokenizer
 from mistral_nemo.tokenizer.tool_parser import parse_tool_calls
 
 # text, token ids, or a dict {"prompt": text} / {"prompt_token_ids": ids} (vLLM's TextPrompt / TokensPrompt)
@@ -48,17 +47,16 @@ def engine_config(**options: Any) -> EngineConfig:
     return EngineConfig(**{k: v for k, v in options.items() if v is not None})
 
 
-def split_tool_calls(tokenizer: Any, token_ids: Sequence[int], text: str) -> tuple[str, list[dict] | None]:
+def split_tool_calls(
+    tokenizer: Tokenizer, token_ids: Sequence[int], text: str
+) -> tuple[str, list[dict] | None]:
     """(content, tool calls) of a generation: the calls as OpenAI dicts, or None when there are none.
 
     Only tokenizers with a [TOOL_CALLS] control token (Tekken) have a tool-call format; for others,
     and for output without a well-formed call list, the text comes back unchanged with None.
     """
-    try:
-        marker = tokenizer.special_id("[TOOL_CALLS]")
-    except (TokenizerError, KeyError, AttributeError):
-        return text, None
-    if marker not in token_ids:
+    marker = tokenizer.tool_calls_id
+    if marker is None or marker not in token_ids:
         return text, None
     parsed = parse_tool_calls(tokenizer, token_ids)
     if parsed.malformed or not parsed.tool_calls:
@@ -99,7 +97,7 @@ class LLM:
         self.engine = LLMEngine(self.loaded, config)
         self._ids = itertools.count()
 
-    def get_tokenizer(self) -> Any:
+    def get_tokenizer(self) -> Tokenizer:
         return self.loaded.tokenizer
 
     def generate(
@@ -167,11 +165,9 @@ class LLM:
             raise ValueError(f"tool_choice {tool_choice!r} needs tools")
         changes: dict[str, Any] = {}
         if tool_choice == "none" and tools:
-            with contextlib.suppress(
-                TokenizerError, KeyError, AttributeError
-            ):  # no tool-call format: nothing
-                # the model may see the tools but not call them
-                changes["logit_bias"] = {self.loaded.tokenizer.special_id("[TOOL_CALLS]"): -100.0}
+            tool_calls_id = self.loaded.tokenizer.tool_calls_id
+            if tool_calls_id is not None:  # the model may see the tools but not call them
+                changes["logit_bias"] = {tool_calls_id: -100.0}
         else:
             from mistral_nemo.engine.structured_output import chat_constraint  # llguidance, on demand
 

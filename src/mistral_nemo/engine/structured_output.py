@@ -14,7 +14,7 @@ chat format writes tool calls, and without free whitespace a model cannot pad fo
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 import jsonschema
 import llguidance
@@ -23,7 +23,7 @@ import torch
 
 from mistral_nemo.engine.constraints import ConstraintFactory
 from mistral_nemo.engine.sampling_params import StructuredOutputsParams
-from mistral_nemo.tokenizer import TokenizerError
+from mistral_nemo.tokenizer.base import Tokenizer
 
 _JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _CALL_ID = {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}  # Mistral's tool-call id shape
@@ -34,26 +34,10 @@ class GuidedDecodingError(ValueError):
     """A schema, grammar, tool list or tool_choice that cannot become a constraint (HTTP 400)."""
 
 
-class GuidedTokenizer(Protocol):
-    @property
-    def vocab_size(self) -> int: ...
-
-    @property
-    def eog_ids(self) -> frozenset[int]: ...
-
-    def is_special(self, token_id: int) -> bool: ...
-
-    def id_to_bytes(self, token_id: int) -> bytes: ...
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
-
-    def special_id(self, text: str) -> int: ...
-
-
 class _Vocab:
     """What llguidance.TokenizerWrapper reads: token bytes, EOS, and an encoder."""
 
-    def __init__(self, tokenizer: GuidedTokenizer, tokens: list[bytes], eos: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, tokens: list[bytes], eos: int) -> None:
         self.tokens, self.eos_token_id, self.bos_token_id = tokens, eos, None
         self.special_token_ids = [i for i in range(len(tokens)) if tokenizer.is_special(i)]
         self._encode = tokenizer.encode
@@ -65,7 +49,7 @@ class _Vocab:
 class GrammarCompiler:
     """llguidance's view of one tokenizer; building it takes ~1 s at 131k tokens, so make one per model."""
 
-    def __init__(self, tokenizer: GuidedTokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         n = tokenizer.vocab_size
         self.vocab_size = n
         self.eog_ids = sorted(tokenizer.eog_ids)
@@ -79,10 +63,7 @@ class GrammarCompiler:
         self.ll_tokenizer = llguidance.LLTokenizer(
             llguidance.TokenizerWrapper(vocab), n_vocab=n, eos_token=self.eog_ids
         )
-        try:
-            self.tool_calls_id: int | None = tokenizer.special_id("[TOOL_CALLS]")
-        except TokenizerError:
-            self.tool_calls_id = None
+        self.tool_calls_id = tokenizer.tool_calls_id
 
     def factory(self, grammar: str) -> ConstraintFactory:
         """Check and compile a grammar once; each sequence then gets a copy of the fresh matcher."""
