@@ -37,7 +37,7 @@ _STRUCTURED_KEYS = ("json", "json_object", "choice", "regex", "grammar")
 def build_constraint(body: Any, compiler: GrammarCompiler) -> ConstraintFactory | None:
     """A forced tool choice, else response_format, else vLLM's structured_outputs / guided_* fields, else
     no constraint (the same code as LLM.chat and SamplingParams.structured_outputs)."""
-    spec = structured_outputs_of(body.model_extra or {})
+    spec = structured_outputs_of(getattr(body, "model_extra", None) or {})
     if spec is not None:
         forced = body.tools and getattr(body, "tool_choice", None) not in (None, "auto", "none")
         if forced or (body.response_format or {}).get("type") not in (None, "text"):
