@@ -298,3 +298,57 @@ def test_prompt_logprobs_match_log_softmax() -> None:
     assert prompt_logprobs(logits[:0], [9], 2) == [None]
     with pytest.raises(ValueError, match="rows"):
         prompt_logprobs(logits[:2], prompt, 1)
+
+
+# ---- accepted extremes stay sound (issue 11 item 7) ----------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-30, 1e-6])
+def test_tiny_temperature_is_greedy(temperature: float) -> None:
+    # 1e-38 divided the logits past float32's range: softmax gave NaN and "ectableectable...".
+    logits = _logits(8, seed=5)
+    rows = [_row(SamplingParams(temperature=temperature, seed=i)) for i in range(8)]
+    assert [t.token_id for t in sample_batch(logits, rows)] == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-9])
+def test_top_p_below_float32_keeps_the_top_token(top_p: float) -> None:
+    # 1e-300 rounds to 0 in float32, which masked every token and drew a random one.
+    logits = _logits(8, seed=6)
+    for seed in range(5):
+        rows = [_row(SamplingParams(temperature=1.0, top_p=top_p, seed=seed + 10 * i)) for i in range(8)]
+        assert [t.token_id for t in sample_batch(logits, rows)] == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_tiny_repetition_penalty_prefers_the_best_seen_token(temperature: float) -> None:
+    # 1e-38 sent seen positive logits to inf (NaN probabilities); exactly, logit / 1e-38 keeps their order,
+    # so the best seen token with a positive logit wins by a margin no float32 softmax can resolve.
+    logits = _logits(4, seed=7)
+    prompt = [3, 9, 17, 30, 41, 50]
+    seen = logits[:, prompt]
+    expected = [prompt[int(row.argmax())] for row in seen]
+    assert (seen.max(-1).values > 0).all()
+    params = SamplingParams(temperature=temperature, repetition_penalty=1e-38, seed=1)
+    rows = [_row(params, prompt=prompt, index=i) for i in range(4)]
+    processed = process_logits(logits, rows)
+    assert not processed.isnan().any() and not (processed == float("inf")).any()
+    assert [t.token_id for t in sample_batch(logits, rows)] == expected
+
+
+def test_ordinary_repetition_penalty_is_not_shifted() -> None:
+    # Only rows that overflow take the float64 path: ordinary penalties stay bit-identical to HF's.
+    logits = _logits(2, seed=8)
+    prompt = [1, 2, 3]
+    rows = [_row(SamplingParams(temperature=0, repetition_penalty=1.3), prompt=prompt) for _ in range(2)]
+    reference = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt, prompt]), logits.clone())
+    assert torch.equal(process_logits(logits, rows), reference)
+
+
+def test_greedy_ties_pick_the_first_index_like_torch() -> None:
+    logits = torch.zeros(3, VOCAB)
+    logits[0, [5, 9]] = 1.0
+    logits[1, [0, VOCAB - 1]] = 2.0
+    logits[2, 7] = float("nan")  # NaN counts as the maximum in torch.argmax
+    rows = [_row(SamplingParams(temperature=0)) for _ in range(3)]
+    assert [t.token_id for t in sample_batch(logits, rows)] == logits.argmax(-1).tolist() == [5, 0, 7]

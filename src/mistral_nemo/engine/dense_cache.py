@@ -51,11 +51,13 @@ class DenseKVCache:
             return None
         if self.length + 1 > self.capacity:
             raise ValueError(f"KV cache holds {self.capacity} tokens; {self.length + 1} needed")
+        # One block as long as the cache: position j is slot j.
         return DecodeSlots(
             self.keys,
             self.values,
             torch.tensor([self.length]),
-            torch.arange(self.length + 1)[None, :],
+            torch.zeros((1, 1), dtype=torch.long),
+            self.capacity,
             torch.tensor([self.length + 1]),
         )
 

@@ -25,7 +25,7 @@ from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
-from mistral_nemo.tokenizer.errors import TokenizerError
+from mistral_nemo.tokenizer.base import Tokenizer
 from mistral_nemo.tokenizer.tool_parser import parse_tool_calls
 
 # text, token ids, or a dict {"prompt": text} / {"prompt_token_ids": ids} (vLLM's TextPrompt / TokensPrompt)
@@ -47,17 +47,16 @@ def engine_config(**options: Any) -> EngineConfig:
     return EngineConfig(**{k: v for k, v in options.items() if v is not None})
 
 
-def split_tool_calls(tokenizer: Any, token_ids: Sequence[int], text: str) -> tuple[str, list[dict] | None]:
+def split_tool_calls(
+    tokenizer: Tokenizer, token_ids: Sequence[int], text: str
+) -> tuple[str, list[dict] | None]:
     """(content, tool calls) of a generation: the calls as OpenAI dicts, or None when there are none.
 
     Only tokenizers with a [TOOL_CALLS] control token (Tekken) have a tool-call format; for others,
     and for output without a well-formed call list, the text comes back unchanged with None.
     """
-    try:
-        marker = tokenizer.special_id("[TOOL_CALLS]")
-    except (TokenizerError, KeyError, AttributeError):
-        return text, None
-    if marker not in token_ids:
+    marker = tokenizer.tool_calls_id
+    if marker is None or marker not in token_ids:
         return text, None
     parsed = parse_tool_calls(tokenizer, token_ids)
     if parsed.malformed or not parsed.tool_calls:
@@ -106,7 +105,7 @@ class LLM:
         self.engine = LLMEngine(self.loaded, config)
         self._ids = itertools.count()
 
-    def get_tokenizer(self) -> Any:
+    def get_tokenizer(self) -> Tokenizer:
         return self.loaded.tokenizer
 
     def generate(
@@ -128,24 +127,68 @@ class LLM:
         use_tqdm: bool = True,
         *,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        tool_choice: str | Mapping[str, Any] = "auto",
+        response_format: Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
     ) -> list[RequestOutput]:
         """One conversation (a list of message dicts) or a list of them, in the model's chat format.
 
         Tool calls the model makes are parsed into `outputs[k].tool_calls` (OpenAI dicts), and
-        `outputs[k].text` is then the content around them.
+        `outputs[k].text` is then the content around them. `tool_choice` "auto" lets the model choose,
+        "none" forbids calls, "any" / "required" force at least one call and
+        `{"type": "function", "function": {"name": X}}` exactly one call of X; `response_format`
+        `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": {...}}}`
+        constrains the answer to JSON (the server runs the same code).
         """
         single = len(messages) == 0 or isinstance(messages[0], Mapping)
         conversations = [messages] if single else messages
         tokenizer = self.loaded.tokenizer
+        tool_list = [dict(t) for t in tools] if tools else None
         prompts: list[Prompt] = [
-            tokenizer.encode_chat(list(c), tools=list(tools) if tools else None)  # type: ignore[arg-type]
+            tokenizer.encode_chat(list(c), tools=tool_list)  # type: ignore[arg-type]
             for c in conversations
         ]
-        results = self._run(prompts, params or sampling_params, use_tqdm)
+        params = self._chat_params(params or sampling_params, tool_list, tool_choice, response_format,
+                                   parallel_tool_calls)  # fmt: skip
+        results = self._run(prompts, params, use_tqdm)
         for result in results:
             for out in result.outputs:
                 out.text, out.tool_calls = split_tool_calls(tokenizer, out.token_ids, out.text)
         return results
+
+    def _chat_params(
+        self,
+        params: SamplingParams | Sequence[SamplingParams] | None,
+        tools: list[dict[str, Any]] | None,
+        tool_choice: str | Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        parallel_tool_calls: bool,
+    ) -> SamplingParams | Sequence[SamplingParams] | None:
+        """The params with the constraint that tool_choice / response_format ask for, compiled once."""
+        if tool_choice not in ("auto", "none", "any", "required") and not isinstance(tool_choice, Mapping):
+            raise ValueError(
+                f"tool_choice must be auto, none, any, required or a named function, got {tool_choice!r}"
+            )
+        if (isinstance(tool_choice, Mapping) or tool_choice in ("any", "required")) and not tools:
+            raise ValueError(f"tool_choice {tool_choice!r} needs tools")
+        changes: dict[str, Any] = {}
+        if tool_choice == "none" and tools:
+            tool_calls_id = self.loaded.tokenizer.tool_calls_id
+            if tool_calls_id is not None:  # the model may see the tools but not call them
+                changes["logit_bias"] = {tool_calls_id: -100.0}
+        else:
+            from mistral_nemo.engine.structured_output import chat_constraint  # llguidance, on demand
+
+            choice = dict(tool_choice) if isinstance(tool_choice, Mapping) else tool_choice
+            fmt = dict(response_format) if response_format is not None else None
+            factory = chat_constraint(self.engine.grammar_compiler(), tools, choice, fmt, parallel_tool_calls)
+            if factory is not None:
+                changes["constraint"] = factory
+        if not changes:
+            return params
+        if params is None or isinstance(params, SamplingParams):
+            return _with_changes(params or SamplingParams(), changes)
+        return [_with_changes(p, changes) for p in params]
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -200,6 +243,11 @@ class LLM:
                     raise
                 return pending[k:]
         return []
+
+
+def _with_changes(params: SamplingParams, changes: dict[str, Any]) -> SamplingParams:
+    bias = {**(params.logit_bias or {}), **changes.get("logit_bias", {})}
+    return params.clone(**{**changes, "logit_bias": bias or None})
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from mistral_nemo.engine.stop_strings import StopStringFilter
 from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.tokenizer import IncrementalDetokenizer, SpecialTokenPolicy
 
+if TYPE_CHECKING:
+    from mistral_nemo.engine.structured_output import GrammarCompiler
+
 
 @dataclass
 class _SeqText:
@@ -37,6 +40,7 @@ class _SeqText:
     logprobs: list[TokenLogprob] | None = None
     stop_reason: int | str | None = None
     constraint: DecodingConstraint | None = None
+    row: SamplingRow | None = None  # what the sampler reads; its id lists grow in place
 
 
 @dataclass
@@ -91,6 +95,7 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self._grammar_compiler: GrammarCompiler | None = None
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -115,6 +120,12 @@ class LLMEngine:
             if any(not 0 <= t < vocab for t in ids):
                 raise RequestError(f"{field_name} names a token id outside the vocabulary (0..{vocab - 1})")
         self.scheduler.check(len(prompt_ids), params.max_tokens, params.n)
+        if params.structured_outputs is not None and params.constraint is None:
+            from mistral_nemo.engine.structured_output import structured_output_constraint  # llguidance
+
+            params = params.clone(
+                constraint=structured_output_constraint(self.grammar_compiler(), params.structured_outputs)
+            )
         seqs = [self._new_seq(request_id, prompt_ids, params, i) for i in range(params.n)]
         for seq in seqs[1:]:
             seq.first_sibling = seqs[0]
@@ -147,6 +158,14 @@ class LLMEngine:
     def request_ids(self) -> list[str]:
         return list(self._requests)
 
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The tokenizer's grammar view for structured output, built on first use (~1 s at 131k tokens)."""
+        if self._grammar_compiler is None:
+            from mistral_nemo.engine.structured_output import GrammarCompiler
+
+            self._grammar_compiler = GrammarCompiler(self.tokenizer)
+        return self._grammar_compiler
+
     # ---- stepping ------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
@@ -167,10 +186,10 @@ class LLMEngine:
             if seq.num_computed <= len(seq.prompt_ids):
                 self.prompt_tokens_total += item.num_tokens
         if sampling:
-            rows = [self._sampling_row(seq) for seq in sampling]
-            stacked = torch.stack([logits.next_token[seq.seq_id] for seq in sampling])
-            stacked = apply_constraints(stacked, [seq.state.constraint for seq in sampling])
-            for seq, sampled in zip(sampling, sample_batch(stacked, rows), strict=True):
+            rows = [seq.state.row for seq in sampling]
+            next_logits = logits.next_token_rows([seq.seq_id for seq in sampling])
+            next_logits = apply_constraints(next_logits, [seq.state.constraint for seq in sampling])
+            for seq, sampled in zip(sampling, sample_batch(next_logits, rows), strict=True):
                 self._append_token(seq, sampled)
         touched = {item.seq.request_id for item in batch}
         return [self._request_output(self._requests[r]) for r in touched if r in self._requests]
@@ -205,17 +224,15 @@ class LLMEngine:
             logprobs=[] if params.logprobs is not None else None,
             constraint=params.constraint() if params.constraint is not None else None,
         )
+        seq.state.row = SamplingRow(params, seq.generator, seq.prompt_ids, seq.output_ids, stop_ids)
         return seq
-
-    def _sampling_row(self, seq: Sequence) -> SamplingRow:
-        return SamplingRow(seq.params, seq.generator, seq.prompt_ids, seq.output_ids, seq.state.stop_ids)
 
     def _append_token(self, seq: Sequence, sampled: Any) -> None:
         state: _SeqText = seq.state
         token = sampled.token_id
         if state.constraint is not None:
             state.constraint.accept(token)
-        seq.output_ids.append(token)
+        seq.append_token(token)
         self.generation_tokens_total += 1
         state.delta_ids.append(token)
         if state.logprobs is not None:

@@ -15,8 +15,16 @@ from mistral_nemo.model.transformer import Transformer
 class StepLogits:
     """float32 logits of the rows the engine asked for."""
 
-    next_token: dict[int, torch.Tensor]  # seq_id -> [vocab]: the row that predicts the next token
+    rows: torch.Tensor  # [n, vocab]: every row below indexes into this
+    next_token: dict[int, int]  # seq_id -> row that predicts the sequence's next token
     prompt: dict[int, tuple[int, torch.Tensor]]  # seq_id -> (first position, [n, vocab]) inside the prompt
+
+    def next_token_rows(self, seq_ids: list[int]) -> torch.Tensor:
+        """[len(seq_ids), vocab]: their next-token rows in order (no copy when that is every row in order)."""
+        index = [self.next_token[s] for s in seq_ids]
+        if index == list(range(self.rows.shape[0])):
+            return self.rows
+        return self.rows[torch.tensor(index, dtype=torch.long, device=self.rows.device)]
 
 
 class ModelRunner:
@@ -27,6 +35,32 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> StepLogits:
+        if self.cache.has_decode_kernel and all(
+            item.num_tokens == 1 and item.seq.num_computed + 1 == len(item.seq) for item in batch
+        ):
+            return self._decode(batch)
+        return self._general(batch)
+
+    def _decode(self, batch: list[ScheduledSeq]) -> StepLogits:
+        """One new token per sequence: a few Python ints per sequence, block tables as they are."""
+        block_size = self.cache.block_size
+        tokens, positions, write_slots, tables, lens = [], [], [], [], []
+        for item in batch:
+            seq = item.seq
+            position = seq.num_computed
+            tokens.append(seq.all_ids[position])
+            positions.append(position)
+            write_slots.append(seq.block_table[position // block_size] * block_size + position % block_size)
+            tables.append(seq.block_table)
+            lens.append(position + 1)
+        self.cache.begin_decode(write_slots, tables, lens)
+        logits = self.model(
+            torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device), self.cache
+        ).float()
+        return StepLogits(logits, {item.seq.seq_id: i for i, item in enumerate(batch)}, {})
+
+    def _general(self, batch: list[ScheduledSeq]) -> StepLogits:
+        """Prefill chunks and decodes mixed: per-token slots for the cache's PyTorch attention."""
         tokens: list[int] = []
         positions: list[int] = []
         slot_mapping: list[torch.Tensor] = []
@@ -39,8 +73,9 @@ class ModelRunner:
             query_start = len(tokens)
             tokens += seq.all_ids[start:end]
             positions += range(start, end)
-            slot_mapping.append(self.cache.slots_for(seq.block_table, start, end))
-            slices.append(SeqSlice(query_start, count, self.cache.slots_for(seq.block_table, 0, end)))
+            context_slots = self.cache.slots_for(seq.block_table, 0, end)
+            slot_mapping.append(context_slots[start:end])
+            slices.append(SeqSlice(query_start, count, context_slots))
             prompt_rows = min(end, len(seq.prompt_ids) - 1) - start  # rows predicting prompt tokens
             if seq.params.prompt_logprobs is not None and prompt_rows > 0:
                 wants.append((seq.seq_id, "prompt", len(rows), prompt_rows))
@@ -55,11 +90,11 @@ class ModelRunner:
             self.cache,
             output_rows=torch.tensor(rows, device=self.device, dtype=torch.long),
         ).float()
-        result = StepLogits({}, {})
+        result = StepLogits(logits, {}, {})
         starts = {item.seq.seq_id: item.seq.num_computed for item in batch}
         for seq_id, kind, first, count in wants:
             if kind == "next":
-                result.next_token[seq_id] = logits[first]
+                result.next_token[seq_id] = first
             else:
                 result.prompt[seq_id] = (starts[seq_id], logits[first : first + count])
         return result

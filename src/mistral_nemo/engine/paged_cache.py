@@ -44,6 +44,8 @@ class PagedKVCache:
         self._slot_mapping: torch.Tensor | None = None
         self._seqs: list[SeqSlice] = []
         self._decode: DecodeSlots | None = None
+        # Whether pure decode steps run through the numba kernel (float32 CPU pools), see begin_decode.
+        self.has_decode_kernel = dtype == torch.float32 and self.keys.device.type == "cpu"
 
     @staticmethod
     def bytes_per_block(args: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
@@ -60,23 +62,31 @@ class PagedKVCache:
         device = self.keys.device
         self._slot_mapping = slot_mapping.to(device)
         self._seqs = [SeqSlice(s.query_start, s.query_len, s.context_slots.to(device)) for s in seqs]
-        self._decode = self._pure_decode() if seqs else None
+        self._decode = None
+
+    def begin_decode(
+        self, write_slots: list[int], block_tables: list[list[int]], ctx_lens: list[int]
+    ) -> None:
+        """Describe a pure decode step (one new token per sequence, row b = sequence b) by block tables,
+        for the decode kernel (only when has_decode_kernel): no per-token slot list is built."""
+        width = max(len(t) for t in block_tables)
+        padded = [t + [0] * (width - len(t)) for t in block_tables] if len(block_tables) > 1 else block_tables
+        self._slot_mapping = torch.tensor(write_slots)
+        self._seqs = []
+        self._decode = DecodeSlots(
+            self.keys,
+            self.values,
+            self._slot_mapping,
+            torch.tensor(padded, dtype=torch.long),
+            self.block_size,
+            torch.tensor(ctx_lens),
+        )
 
     def decode_slots(self, num_tokens: int) -> DecodeSlots | None:
         """The step as slots when every sequence adds exactly one token (for a fused decoder)."""
         assert self._slot_mapping is not None, "begin_step() must describe the batch first"
-        return self._decode if self._decode is not None and num_tokens == len(self._seqs) else None
-
-    def _pure_decode(self) -> DecodeSlots | None:
-        if self.keys.dtype != torch.float32 or self.keys.device.type != "cpu":
-            return None
-        if any(s.query_len != 1 or s.query_start != i for i, s in enumerate(self._seqs)):
-            return None
-        lens = torch.tensor([len(s.context_slots) for s in self._seqs])
-        ctx = torch.zeros(len(self._seqs), int(lens.max()), dtype=torch.long)
-        for row, s in zip(ctx, self._seqs, strict=True):
-            row[: len(s.context_slots)] = s.context_slots
-        return DecodeSlots(self.keys, self.values, self._slot_mapping, ctx, lens)
+        decode = self._decode
+        return decode if decode is not None and num_tokens == decode.write_slots.shape[0] else None
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         assert self._slot_mapping is not None, "begin_step() must describe the batch first"
@@ -104,7 +114,8 @@ def decode_attention(layer: int, q: torch.Tensor, slots: DecodeSlots) -> torch.T
         q.reshape(batch, -1).contiguous().numpy(),
         slots.keys[layer].numpy(),
         slots.values[layer].numpy(),
-        slots.ctx_slots.numpy(),
+        slots.block_tables.numpy(),
+        slots.block_size,
         slots.ctx_lens.numpy(),
         n_heads,
         out.numpy(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mistral_nemo.engine.sampling_params import SamplingParams
@@ -77,22 +78,47 @@ def sample_batch(logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampledT
     """One token per row of ``logits`` [B, V]; ``rows`` are in the same order. The input is not modified."""
     if logits.dim() != 2 or logits.shape[0] != len(rows):
         raise ValueError(f"logits must be [{len(rows)}, vocab], got {list(logits.shape)}")
-    x = process_logits(logits, rows)
+    # Rows with nothing to adjust read the logits as they are: no vocab-wide copy per step.
+    x = process_logits(logits, rows) if any(_adjusts(r) for r in rows) else logits.float()
 
-    tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+    tokens = argmax_rows(x) if len(greedy) == len(rows) else _sample_mixed(x, rows, greedy)
+    token_ids = tokens.tolist()
+    logprobs = _sampled_logprobs(logits, tokens, rows)
+    return [SampledToken(t, *logprobs.get(i, (None, None))) for i, t in enumerate(token_ids)]
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """Index of each row's maximum (the first on ties, as torch.argmax). On CPU through numpy, whose
+    vectorised argmax is ~50x faster than torch's here (0.1 vs 6 ms for 16 rows of 49k)."""
+    if x.device.type != "cpu":
+        return x.argmax(dim=-1)
+    return torch.from_numpy(np.argmax(x.detach().numpy(), axis=-1))
+
+
+def _adjusts(row: SamplingRow) -> bool:
+    """Whether process_logits changes anything in this row."""
+    p = row.params
+    return (
+        bool(p.logit_bias)
+        or (bool(row.stop_ids) and len(row.output_ids) < p.min_tokens)
+        or p.repetition_penalty != 1.0
+        or _additive_penalty(row)
+    )
+
+
+def _sample_mixed(x: torch.Tensor, rows: list[SamplingRow], greedy: list[int]) -> torch.Tensor:
+    tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
     if greedy:
         index = torch.tensor(greedy, device=x.device)
-        tokens[index] = x[index].argmax(dim=-1)
+        tokens[index] = argmax_rows(x[index])
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
         index = torch.tensor(sampled, device=x.device)
         # One uniform per row from that row's own generator: the reason seeds survive batching.
         uniforms = torch.cat([_uniform(rows[i].generator) for i in sampled]).to(x.device)
         tokens[index] = _sample(x[index], [rows[i].params for i in sampled], uniforms)
-    token_ids = tokens.tolist()
-    logprobs = _sampled_logprobs(logits, tokens, rows)
-    return [SampledToken(t, *logprobs.get(i, (None, None))) for i, t in enumerate(token_ids)]
+    return tokens
 
 
 def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -166,10 +192,30 @@ def _apply_penalties(x: torch.Tensor, rows: list[SamplingRow]) -> None:
         return torch.tensor([getattr(rows[i].params, name) for i in chosen], device=device)[:, None]
 
     index = torch.tensor(chosen, device=device)
-    sub, rep = x[index], column("repetition_penalty")
-    sub = torch.where(seen, torch.where(sub < 0, sub * rep, sub / rep), sub)
-    sub = sub - column("frequency_penalty") * counts - column("presence_penalty") * (counts > 0)
+    raw, rep = x[index], column("repetition_penalty")
+    sub = _penalise(raw, seen, counts, rep, column("frequency_penalty"), column("presence_penalty"))
+    overflowed = (~sub.isfinite() & raw.isfinite()).any(dim=-1)
+    if overflowed.any():
+        # A tiny repetition penalty (1e-38) divides logits past float32's range, where inf / NaN would
+        # pick garbage. The same arithmetic in float64, shifted so that each row's best is 0 (softmax
+        # and argmax do not change), keeps the order; what is still too small becomes -inf (p = 0).
+        rep64 = torch.tensor([rows[chosen[i]].params.repetition_penalty for i in range(len(chosen))],
+                             dtype=torch.float64, device=device)[:, None]  # fmt: skip
+        wide = _penalise(
+            raw.double(), seen, counts.double(), rep64,
+            column("frequency_penalty").double(), column("presence_penalty").double(),
+        )  # fmt: skip
+        wide = wide - wide.amax(dim=-1, keepdim=True)
+        sub[overflowed] = wide[overflowed].float()
     x[index] = sub
+
+
+def _penalise(
+    x: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor, rep: torch.Tensor, freq: torch.Tensor,
+    presence: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    x = torch.where(seen, torch.where(x < 0, x * rep, x / rep), x)
+    return x - freq * counts - presence * (counts > 0)
 
 
 def _additive_penalty(row: SamplingRow) -> bool:
@@ -231,8 +277,9 @@ def _sample(x: torch.Tensor, params: list[SamplingParams], uniforms: torch.Tenso
         ordered, order = x[index].sort(dim=-1, descending=True, stable=True)
         ranks = torch.arange(vocab, device=device)[None, :]
         probs = torch.softmax(ordered.masked_fill(ranks >= top_k, float("-inf")), dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p (always at least the top token) ...
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+        # Keep the smallest prefix whose mass reaches top_p, and always the top token (a top_p that
+        # rounds to 0 in float32, e.g. 1e-300, would otherwise mask every token) ...
+        probs = probs.masked_fill((probs.cumsum(-1) - probs >= top_p) & (ranks > 0), 0.0)
         # ... and only tokens at least min_p times as likely as the best (a ratio, so renormalising is moot).
         probs = probs.masked_fill(probs < min_p * probs[:, :1], 0.0)
         picked = _inverse_cdf(probs, uniforms[index])

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+GREEDY_TEMPERATURE = 1e-5  # temperatures below it sample greedily
 
 
 class SamplingParamsError(ValueError):
@@ -42,9 +43,42 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise SamplingParamsError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """Constrain the output (vLLM's StructuredOutputsParams): set exactly one field.
+
+    json: a JSON schema (dict or its text); json_object: any JSON object; choice: one of these strings;
+    regex: a regular expression (Rust regex syntax); grammar: a Lark grammar (llguidance's dialect).
+    """
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    choice: list[str] | None = None
+    regex: str | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "choice", "regex", "grammar") if getattr(self, name) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise SamplingParamsError(
+                "structured_outputs needs exactly one of json, json_object, choice, regex, grammar; "
+                f"got {given}"
+            )
+        if self.choice is not None and (
+            not isinstance(self.choice, list)
+            or not self.choice
+            or not all(isinstance(c, str) for c in self.choice)
+        ):
+            raise SamplingParamsError("structured_outputs.choice must be a non-empty list of strings")
+        for name in ("regex", "grammar"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SamplingParamsError(f"structured_outputs.{name} must be a string")
+
+
 @dataclass
 class SamplingParams:
-    """vLLM-shaped parameters. temperature 0 means greedy; top_k 0 (or -1) means no top-k cut.
+    """vLLM-shaped parameters. temperature 0 (or below 1e-5) means greedy; top_k 0 (or -1) means no top-k cut.
 
     Penalties follow the usual conventions: presence/frequency (OpenAI) subtract
     ``presence * [count > 0] + frequency * count`` over the *output* tokens; repetition
@@ -72,7 +106,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    # Set by the server for JSON output and forced tool calls: one constraint per sequence.
+    # Constrained output, compiled by the engine when the request is added (engine/structured_output.py).
+    structured_outputs: StructuredOutputsParams | None = None
+    # A compiled constraint (LLM.chat and the server set it for response_format / forced tool calls).
     constraint: ConstraintFactory | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +134,10 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids)
         if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
             raise SamplingParamsError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids!r}")
+        if self.structured_outputs is not None and not isinstance(
+            self.structured_outputs, StructuredOutputsParams
+        ):
+            raise SamplingParamsError("structured_outputs must be a StructuredOutputsParams")
         self.logit_bias = _normalise_logit_bias(self.logit_bias)
         _check_int("min_tokens", self.min_tokens, 0, self.max_tokens)
         for name in ("logprobs", "prompt_logprobs"):
@@ -106,7 +146,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits / temperature leave float32's range (1e-38 gave "ectableectable..."),
+        # and the distribution is one-hot on the argmax anyway (vLLM uses the same epsilon).
+        return self.temperature < GREEDY_TEMPERATURE
 
     def clone(self, **changes: Any) -> SamplingParams:
         """A deep copy with some fields changed (and validated again); the constraint factory is shared."""

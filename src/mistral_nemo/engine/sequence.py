@@ -48,13 +48,18 @@ class Sequence:
     first_sibling: Sequence | None = None
     # Filled by the engine's output processing (text, logprobs ...), kept with the sequence.
     state: Any = None
+    # prompt + output, kept alongside so that a step never rebuilds the whole context as a list.
+    all_ids: list[int] = field(init=False, repr=False)
 
-    @property
-    def all_ids(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
+    def __post_init__(self) -> None:
+        self.all_ids = self.prompt_ids + self.output_ids
+
+    def append_token(self, token_id: int) -> None:
+        self.output_ids.append(token_id)
+        self.all_ids.append(token_id)
 
     def __len__(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        return len(self.all_ids)
 
     @property
     def num_uncomputed(self) -> int:

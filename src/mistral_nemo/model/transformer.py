@@ -41,7 +41,10 @@ class DecodeSlots:
     keys: torch.Tensor  # [layers, slots, kv_heads, head_dim] float32, written in place
     values: torch.Tensor
     write_slots: torch.Tensor  # [B] int64: slot of each sequence's new token
-    ctx_slots: torch.Tensor  # [B, max_ctx] int64: slots of each whole context (new token included)
+    # [B, max_blocks] int64: the cache blocks of each whole context (new token included), in order;
+    # position j of sequence b is slot block_tables[b, j // block_size] * block_size + j % block_size.
+    block_tables: torch.Tensor
+    block_size: int
     ctx_lens: torch.Tensor  # [B] int64
 
 

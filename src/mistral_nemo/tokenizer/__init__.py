@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mistral_nemo.tokenizer.base import Tokenizer
 from mistral_nemo.tokenizer.bpe import BpeTokenizer
 from mistral_nemo.tokenizer.chat_template import ChatTemplate
 from mistral_nemo.tokenizer.detokenizer import IncrementalDetokenizer
@@ -24,6 +25,7 @@ __all__ = [
     "ParsedToolCall",
     "SpecialTokenPolicy",
     "TekkenTokenizer",
+    "Tokenizer",
     "TokenizerError",
     "TokenizerFileError",
     "ToolCallIdMap",

@@ -205,6 +205,14 @@ class BpeTokenizer:
             raise TokenizerError("this tokenizer has no EOS token")
         return self._eos_id
 
+    @property
+    def tool_calls_id(self) -> int | None:
+        """The [TOOL_CALLS] control token, or None when the vocabulary has no tool-call format."""
+        try:
+            return self.special_id("[TOOL_CALLS]")
+        except TokenizerError:
+            return None
+
     def special_id(self, text: str) -> int:
         """The id of an added (control or user-defined) token by its text, e.g. "<|im_start|>"."""
         try:

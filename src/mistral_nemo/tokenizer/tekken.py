@@ -176,6 +176,14 @@ class TekkenTokenizer:
         """Ids that end a generated turn."""
         return frozenset({self.eos_id})
 
+    @property
+    def tool_calls_id(self) -> int | None:
+        """The [TOOL_CALLS] control token, or None when the vocabulary has no tool-call format."""
+        try:
+            return self.special_id("[TOOL_CALLS]")
+        except TokenizerError:
+            return None
+
     def special_id(self, text: str) -> int:
         """The id of a control token by its text, e.g. special_id("[INST]") == 3."""
         try:

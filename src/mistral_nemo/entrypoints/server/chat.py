@@ -46,6 +46,16 @@ from mistral_nemo.tokenizer import TokenizerError
 router = APIRouter()
 
 
+# vLLM's structured-output request fields (outside the OpenAI schema, so read from the extras).
+STRUCTURED_OUTPUT_FIELDS = (
+    "structured_outputs",
+    "guided_json",
+    "guided_choice",
+    "guided_regex",
+    "guided_grammar",
+)
+
+
 @dataclass
 class Guidance:
     """What response_format and tool_choice ask of decoding and of the output parsing."""
@@ -72,8 +82,11 @@ async def guidance(body: ChatCompletionRequest, tokenizer: Any, state: ServerSta
     result = Guidance(parse_tool_calls=bool(body.tools) and choice != "none" and tool_calls_id is not None)
     if choice == "none" and body.tools and tool_calls_id is not None:
         result.logit_bias[tool_calls_id] = -100.0
-    if fmt != "text" or choice not in ("auto", "none"):
-        param = "tool_choice" if choice not in ("auto", "none") else "response_format"
+    extra = body.model_extra or {}
+    fields = [name for name in STRUCTURED_OUTPUT_FIELDS if extra.get(name) is not None]
+    if fmt != "text" or choice not in ("auto", "none") or fields:
+        param = "response_format" if not fields else fields[0]
+        param = "tool_choice" if choice not in ("auto", "none") else param
         guided = _guided_module()
         if guided is None:
             raise APIError(

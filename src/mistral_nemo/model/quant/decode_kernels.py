@@ -67,11 +67,13 @@ def _rope(x, n_heads, cos, sin):
 
 
 @njit(parallel=True, **_OPTS)
-def decode_attention(q, keys, values, ctx_slots, ctx_lens, n_heads, out):
+def decode_attention(q, keys, values, block_tables, block_size, ctx_lens, n_heads, out):
     """out[b, h*D:(h+1)*D] = softmax(q_bh . K_b / sqrt(D)) V_b over the cache slots of sequence b.
 
-    q [B, n_heads * D]; keys / values [slots, n_kv_heads, D] (one layer's pool); ctx_slots [B, max_ctx]
-    (first ctx_lens[b] are used, oldest first). Grouped-query: head h reads kv head h // (n_heads / kv).
+    q [B, n_heads * D]; keys / values [slots, n_kv_heads, D] (one layer's pool); position j of
+    sequence b lives in slot block_tables[b, j // block_size] * block_size + j % block_size, for
+    j < ctx_lens[b] (block tables, not per-token slots: the engine builds them per step at
+    1/block_size of the cost). Grouped-query: head h reads kv head h // (n_heads / kv).
     """
     n_seq = q.shape[0]
     n_kv, head_dim = keys.shape[1], keys.shape[2]
@@ -79,7 +81,7 @@ def decode_attention(q, keys, values, ctx_slots, ctx_lens, n_heads, out):
     scale = np.float32(1.0 / math.sqrt(head_dim))
     # Scratch for every (sequence, head) task allocated once: per-task allocations inside the parallel
     # loop cost more than the arithmetic at short contexts (measured 3x at 16 sequences x 100 tokens).
-    all_scores = np.empty((n_seq * n_heads, ctx_slots.shape[1]), dtype=np.float32)
+    all_scores = np.empty((n_seq * n_heads, ctx_lens.max()), dtype=np.float32)
     all_acc = np.zeros((n_seq * n_heads, head_dim), dtype=np.float32)
     for bh in prange(n_seq * n_heads):
         b = bh // n_heads
@@ -91,7 +93,7 @@ def decode_attention(q, keys, values, ctx_slots, ctx_lens, n_heads, out):
         acc_v = all_acc[bh]
         top = np.float32(-np.inf)
         for j in range(n):
-            s = ctx_slots[b, j]
+            s = block_tables[b, j // block_size] * block_size + j % block_size
             acc = np.float32(0.0)
             for d in range(head_dim):
                 acc += q[b, qoff + d] * keys[s, kv, d]
@@ -104,7 +106,7 @@ def decode_attention(q, keys, values, ctx_slots, ctx_lens, n_heads, out):
             scores[j] = e
             total += e
         for j in range(n):
-            s = ctx_slots[b, j]
+            s = block_tables[b, j // block_size] * block_size + j % block_size
             w = scores[j]
             for d in range(head_dim):
                 acc_v[d] += w * values[s, kv, d]
@@ -117,12 +119,12 @@ def decode_attention(q, keys, values, ctx_slots, ctx_lens, n_heads, out):
 def decode_layers(
     h, cos, sin, attn_norms, ffn_norms, eps, n_heads, n_kv_heads,
     kinds, q8s, p4s, scales, zeros, out_dims,
-    keys, values, write_slots, ctx_slots, ctx_lens,
+    keys, values, write_slots, block_tables, block_size, ctx_lens,
 ):  # fmt: skip
     """Run every layer for B new tokens (one per sequence): h [B, dim] in, hidden states out.
 
     keys / values [layers, slots, n_kv_heads, head_dim]: the new tokens' K/V are written at
-    write_slots[b] before attention, so ctx_slots / ctx_lens include them.
+    write_slots[b] before attention, so block_tables / ctx_lens include them.
     """
     n_layers = attn_norms.shape[0]
     n_seq = h.shape[0]
@@ -143,7 +145,7 @@ def decode_layers(
                     keys[layer, slot, kvh, d] = k[b, kvh * head_dim + d]
                     values[layer, slot, kvh, d] = v[b, kvh * head_dim + d]
         attn = np.empty_like(q)
-        decode_attention(q, keys[layer], values[layer], ctx_slots, ctx_lens, n_heads, attn)
+        decode_attention(q, keys[layer], values[layer], block_tables, block_size, ctx_lens, n_heads, attn)
         xq, xs, xsum = quantize_activations(attn)
         h += _linear(i + 3, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 3])
         xq, xs, xsum = quantize_activations(_rms_norm(h, ffn_norms[layer], eps))

@@ -106,7 +106,8 @@ class FusedDecoder:
             slots.keys.numpy(),
             slots.values.numpy(),
             slots.write_slots.numpy(),
-            slots.ctx_slots.numpy(),
+            slots.block_tables.numpy(),
+            slots.block_size,
             slots.ctx_lens.numpy(),
         )
         return torch.from_numpy(out)
