@@ -76,3 +76,17 @@ def test_bad_structured_output_fields_are_400(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and words in error["message"], error
+
+
+@pytest.mark.parametrize("name", ["guided_json", "guided_choice", "structured_outputs"])
+def test_structured_output_fields_on_completions_are_400_not_ignored(
+    smol_server: RunningServer, name: str
+) -> None:
+    values = {"guided_json": SCHEMA, "guided_choice": ["a", "b"], "structured_outputs": {"choice": ["a"]}}
+    value = values[name]
+    body = {"model": SMOL_NAME, "prompt": "Weather:", "max_tokens": 4, name: value}
+    with smol_server.client() as client:
+        response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == name and "/v1/chat/completions" in error["message"], error

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
 from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput
+from mistral_nemo.entrypoints.server.chat import STRUCTURED_OUTPUT_FIELDS
 from mistral_nemo.entrypoints.server.chat_output import openai_finish_reason
 from mistral_nemo.entrypoints.server.common import (
     SSE_DONE,
@@ -103,6 +104,12 @@ async def create_completion(request: Request) -> Response:
     model = state.resolve_model(body.model)
     if body.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model", param="suffix")
+    extra = body.model_extra or {}
+    guided = next((name for name in STRUCTURED_OUTPUT_FIELDS if extra.get(name) is not None), None)
+    if guided is not None:  # implemented on chat completions only: never accepted and ignored here
+        raise APIError(
+            400, f"{guided} is supported on /v1/chat/completions, not on /v1/completions", param=guided
+        )
     if body.max_tokens is not None and body.max_tokens < 0:
         raise APIError(400, f"max_tokens must be >= 0, got {body.max_tokens}", param="max_tokens")
     state.check_sequences(_prompt_count(body.prompt) * max(body.n, 1), "prompt")
