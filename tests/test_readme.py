@@ -32,6 +32,13 @@ NOT_HERE = {
     "~/mistral_models": "needs the NeMo 12B weights (24.5 GB) on disk",
     "mistral-nemo download": "needs the Hugging Face hub",
     "mistral-nemo serve": "long-running: the test starts the README's `mistral-nemo serve` itself",
+    "examples/finetune/facts.yaml": "trains for minutes, paths relative to the repository root; "
+    "test_finetune_config.py validates this example, test_finetune_train.py trains a short run",
+    "runs/facts": "needs the adapter the example's training writes (test_finetune_train.py: chat --lora)",
+    "ADAPTER": "placeholders; tests/test_lora.py runs --lora, merge and export on real adapters",
+    "PEFT_DIR": "placeholders; tests/test_lora.py exports to PEFT and back",
+    "--tasks mmlu": "57 subjects x 5 shots: many minutes on 2 cores; tests/test_eval*.py run the same path",
+    "lm-eval run": "needs a server on port 8000; tests/test_lm_eval_e2e.py runs lm-eval against serve",
 }
 SETUP = "bash scripts/setup.sh && "  # the venv running this test is what setup.sh made
 
