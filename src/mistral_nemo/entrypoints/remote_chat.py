@@ -17,24 +17,10 @@ import httpx
 
 from mistral_nemo.engine.errors import RequestError
 from mistral_nemo.entrypoints.chat_repl import Conversation
+from mistral_nemo.entrypoints.model_options import SAMPLING_FLAGS  # same names as the request fields
 
 API_KEY_ENV = "MISTRAL_NEMO_API_KEY"  # the variable `mistral-nemo serve` reads its key from
 TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a long prompt on a CPU can take a while before its first token
-
-
-# The chat flags sent as request fields (the same names in the OpenAI / vLLM API).
-_REQUEST_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "min_tokens",
-    "max_tokens",
-    "seed",
-)
 
 
 class RemoteError(RequestError):
@@ -67,7 +53,7 @@ class RemoteConversation(Conversation):
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
         # Only the flags the user gave: the server fills the rest with the model's defaults.
         self.options: dict[str, Any] = {
-            name: getattr(args, name) for name in _REQUEST_FIELDS if getattr(args, name, None) is not None
+            name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None
         }
         if not args.repetition_guard:
             raise ValueError("--no-repetition-guard applies to a local model; the server has no such guard")
