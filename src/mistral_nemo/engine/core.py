@@ -19,6 +19,7 @@ from mistral_nemo.engine.block_manager import BlockManager
 from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.constraints import DecodingConstraint, apply_constraints
 from mistral_nemo.engine.errors import RequestError
+from mistral_nemo.engine.info import EngineInfo
 from mistral_nemo.engine.model_runner import ModelRunner
 from mistral_nemo.engine.outputs import TokenLogprob
 from mistral_nemo.engine.paged_cache import PagedKVCache
@@ -113,6 +114,15 @@ class EngineCore:
             self.config.max_num_batched_tokens,
             self.config.max_queue,
         )
+        self.info = EngineInfo(
+            model_name=loaded.name,
+            max_model_len=self.max_model_len,
+            vocab_size=self.vocab_size,
+            block_size=block_size,
+            kv_cache_blocks=num_blocks,
+            max_num_seqs=self.config.max_num_seqs,
+            max_queue=self.config.max_queue,
+        )
         self.requests: dict[str, CoreRequest] = {}
         self.by_seq_id: dict[int, SeqDecoding] = {}
         self.prompt_tokens_total = 0
@@ -181,7 +191,7 @@ class EngineCore:
     @property
     def capacity_tokens(self) -> int:
         """The most tokens one sequence can ever hold: the context, or the whole KV pool if smaller."""
-        return min(self.max_model_len, self.blocks.num_blocks * self.blocks.block_size)
+        return self.info.capacity_tokens
 
     def grammar_compiler(self) -> GrammarCompiler:
         """The tokenizer's grammar view for structured output, built on first use (~1 s at 131k tokens)."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from mistral_nemo.engine.block_manager import BlockManager
 from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.core import EngineCore, EngineStats
+from mistral_nemo.engine.info import EngineInfo
 from mistral_nemo.engine.model_runner import ModelRunner
 from mistral_nemo.engine.output_processor import OutputProcessor
 from mistral_nemo.engine.outputs import RequestOutput
@@ -25,7 +26,7 @@ from mistral_nemo.tokenizer import Tokenizer
 if TYPE_CHECKING:
     from mistral_nemo.engine.structured_output import GrammarCompiler
 
-__all__ = ["EngineStats", "LLMEngine"]
+__all__ = ["EngineInfo", "EngineStats", "LLMEngine"]
 
 
 class LLMEngine:
@@ -35,6 +36,11 @@ class LLMEngine:
         self.processor = OutputProcessor(self.tokenizer)
 
     # ---- what it runs --------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        """The served model, its context, the KV capacity and the engine's limits."""
+        return self.core.info
 
     @property
     def config(self) -> EngineConfig:
