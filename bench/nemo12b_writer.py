@@ -235,10 +235,10 @@ def write_quantized_folder(
 
     import torch
 
+    from mistral_nemo.formats.gguf import read_gguf_header
     from mistral_nemo.model.load_gguf import gguf_name, read_gguf_args
     from mistral_nemo.model.quant.checkpoint import FORMAT, PARAMS, VERSION, WEIGHTS
     from mistral_nemo.model.quant.quantize import rope_row_perm
-    from mistral_nemo.tokenizer.gguf_metadata import read_gguf_header
 
     start = time.perf_counter()
     meta, infos = read_gguf_header(gguf)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, pre_tokenizers
 
+from mistral_nemo.formats.gguf import read_gguf_metadata
 from mistral_nemo.tokenizer import (
     BpeTokenizer,
     IncrementalDetokenizer,
@@ -26,7 +27,6 @@ from mistral_nemo.tokenizer import (
     TokenizerError,
     TokenizerFileError,
     load_tokenizer,
-    read_gguf_metadata,
 )
 from tests.gguf_fixture import smollm2_gguf_path
 

@@ -21,16 +21,16 @@ from torch import nn
 
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.formats.gguf import GgufTensorInfo, block_size, read_gguf_header
 from mistral_nemo.model import load_gguf
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.gguf_quants import block_size, dequantize
+from mistral_nemo.model.gguf_quants import dequantize
 from mistral_nemo.model.load_gguf import gguf_name, iter_gguf_tensors, read_gguf_args
 from mistral_nemo.model.quant import Int4Linear, Int8Linear, gguf_blocks, rope_row_perm
 from mistral_nemo.model.quant.gguf_blocks import compact_linear
 from mistral_nemo.model.transformer import Transformer
 from mistral_nemo.model.weights import CheckpointError, build_model, interleaved_to_half
 from mistral_nemo.tokenizer import load_tokenizer
-from mistral_nemo.tokenizer.gguf_metadata import GgufTensorInfo, read_gguf_header
 from tests.activation_reference import act_quantized, assert_logits_agree_to_quantization_noise
 from tests.gguf_fixture import smollm2_gguf_path
 
@@ -351,7 +351,7 @@ from mistral_nemo.model.load_gguf import gguf_name, iter_gguf_tensors, read_gguf
 from mistral_nemo.model.quant import gguf_blocks  # noqa: F401  numba and the kernels: before the baseline
 from mistral_nemo.model.transformer import Transformer
 from mistral_nemo.model.weights import build_model
-from mistral_nemo.tokenizer.gguf_metadata import GgufTensorInfo, read_gguf_header
+from mistral_nemo.formats.gguf import GgufTensorInfo, read_gguf_header
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from mistral_nemo.formats.gguf import GgufFileError, read_gguf_metadata
 from mistral_nemo.tokenizer import (
     BpeTokenizer,
     ChatFormatError,
     TekkenTokenizer,
     TokenizerFileError,
     load_tokenizer,
-    read_gguf_metadata,
 )
 from mistral_nemo.tokenizer.bpe_pretokenize import byte_to_unicode
 from tests.gguf_fixture import smollm2_gguf_path
@@ -62,7 +62,7 @@ def test_truncated_or_foreign_files_are_clear_errors(gguf: Path, tmp_path: Path,
     cut = tmp_path / "cut.gguf"
     with gguf.open("rb") as f:
         cut.write_bytes(f.read(size))
-    with pytest.raises(TokenizerFileError, match="not a GGUF file" if size < 4 else "truncated"):
+    with pytest.raises(GgufFileError, match="not a GGUF file" if size < 4 else "truncated"):
         read_gguf_metadata(cut)
     with pytest.raises(TokenizerFileError):
         load_tokenizer(cut)
@@ -70,12 +70,12 @@ def test_truncated_or_foreign_files_are_clear_errors(gguf: Path, tmp_path: Path,
 
 def test_bad_gguf_files(tmp_path: Path) -> None:
     (tmp_path / "v9.gguf").write_bytes(b"GGUF" + (9).to_bytes(4, "little") + bytes(16))
-    with pytest.raises(TokenizerFileError, match="version 9"):
+    with pytest.raises(GgufFileError, match="version 9"):
         read_gguf_metadata(tmp_path / "v9.gguf")
     (tmp_path / "text.gguf").write_text("just text")
-    with pytest.raises(TokenizerFileError, match="not a GGUF file"):
+    with pytest.raises(GgufFileError, match="not a GGUF file"):
         read_gguf_metadata(tmp_path / "text.gguf")
-    with pytest.raises(TokenizerFileError, match="not found"):
+    with pytest.raises(GgufFileError, match="not found"):
         read_gguf_metadata(tmp_path / "missing.gguf")
 
 

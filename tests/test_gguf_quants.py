@@ -12,12 +12,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
 import mistral_nemo.model.gguf_quants as gq
-from mistral_nemo.model.gguf_quants import (
-    SUPPORTED_TYPES,
-    UnsupportedQuantizationError,
-    block_size,
-    dequantize,
-)
+from mistral_nemo.formats.gguf import UnsupportedQuantizationError, block_size, block_view, row_bytes
+from mistral_nemo.model.gguf_quants import SUPPORTED_TYPES, dequantize
 from tests.gguf_fixture import smollm2_gguf_path
 
 # Byte offsets of the fp16 scale fields (d, and m/dmin where present) inside one block.
@@ -147,10 +143,20 @@ def test_bad_sizes_raise() -> None:
         dequantize(np.zeros(34, np.uint8), QT.Q8_0, (2, 16))
 
 
-def test_block_size_and_supported() -> None:
-    assert block_size("Q4_K") == (256, 144) and block_size(QT.Q8_0) == (32, 34) and block_size(8) == (32, 34)
-    for qt in SUPPORTED_TYPES:
-        assert block_size(qt) == GGML_QUANT_SIZES[qt]
+def test_block_layouts_by_name_or_number() -> None:
+    # ggml-common.h: block_q4_K is 2 fp16 + 12 scale bytes + 128 nibble bytes for 256 values.
+    assert block_size("Q4_K") == (256, 2 * 2 + 12 + 128) and block_size(8) == (32, 2 + 32)
+    assert block_size(" q8_0 ") == block_size(QT.Q8_0) and block_size("F32") == (1, 4)
+    assert row_bytes("Q6_K", 512) == 2 * 210
+    with pytest.raises(ValueError, match="row length 100 is not a multiple of the block size 32"):
+        row_bytes(QT.Q4_0, 100)
+    raw = np.zeros((3, 2 * 18), np.uint8)  # 3 rows of 2 Q4_0 blocks
+    view = block_view(raw, "Q4_0", (3, 64))
+    assert view.shape == (6, 18) and np.shares_memory(view, raw)
+    with pytest.raises(ValueError, match=r"Q4_0: shape \(3, 64\) needs 108 bytes, got 107"):
+        block_view(raw.reshape(-1)[:-1], "Q4_0", (3, 64))
+    with pytest.raises(UnsupportedQuantizationError, match="'Q9_9'"):
+        block_size("Q9_9")
     assert {QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.BF16} <= SUPPORTED_TYPES
 
 

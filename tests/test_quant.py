@@ -1,21 +1,18 @@
 """Quantized linears: exact vs their dequantized weights times the int16-quantized activations, within
-the stated error of fp32, GGUF blocks loaded exactly, and a real model (SmolLM2) still answering
+the stated error of fp32 (GGUF blocks: test_gguf_direct.py), and a real model (SmolLM2) still answering
 factual prompts after int8 / int4."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from mistral_nemo.engine.generate import generate
 from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.model.gguf_quants import dequantize
 from mistral_nemo.model.loading import load
-from mistral_nemo.model.quant import Int4Linear, Int8Linear, linear_from_gguf, quantize_model, weight_bytes
+from mistral_nemo.model.quant import Int4Linear, Int8Linear, quantize_model, weight_bytes
 from mistral_nemo.model.quant import linear as linear_module
-from mistral_nemo.model.weights import interleaved_to_half
 from tests.activation_reference import act_half_step, act_quantized
 from tests.gguf_fixture import smollm2_gguf_path
 
@@ -90,57 +87,12 @@ def test_bf16_activations_come_back_in_bf16(kind: str) -> None:
     _close(y.float(), (act_quantized(x) @ layer.dequantize().T).bfloat16().float(), rel=2e-2)
 
 
-def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """Valid GGUF blocks with random contents: finite fp16 scales, random quant bytes."""
-    rng = np.random.default_rng(seed)
-    n = rows * cols // 32
-    d = rng.uniform(-0.05, 0.05, (n, 1)).astype(np.float16).view(np.uint8)
-    if qtype == "Q8_0":
-        return np.concatenate([d, rng.integers(-128, 128, (n, 32), dtype=np.int8).view(np.uint8)], 1)
-    nibbles = rng.integers(0, 256, (n, 16), dtype=np.uint8)
-    if qtype == "Q4_0":
-        return np.concatenate([d, nibbles], 1)
-    m = rng.uniform(-0.5, 0.5, (n, 1)).astype(np.float16).view(np.uint8)
-    return np.concatenate([d, m, nibbles], 1)
-
-
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
-def test_gguf_blocks_load_exactly(qtype: str) -> None:
-    rows, cols = 48, 160
-    raw = _random_blocks(qtype, rows, cols).reshape(-1)
-    cls = Int8Linear if qtype == "Q8_0" else Int4Linear
-    layer = cls.from_gguf_blocks(raw, qtype, (rows, cols))
-    reference = dequantize(raw, qtype, (rows, cols))
-    assert torch.equal(layer.dequantize(), reference)
-    for tokens in (1, 4, 64):
-        x = torch.randn(tokens, cols)
-        _close(layer(x), act_quantized(x) @ reference.T)
-
-
-def test_gguf_blocks_reject_wrong_type_or_size() -> None:
-    raw = _random_blocks("Q4_0", 4, 64).reshape(-1)
-    with pytest.raises(ValueError, match="expected Q8_0"):
-        Int8Linear.from_gguf_blocks(raw, "Q4_0", (4, 64))
-    with pytest.raises(ValueError, match="needs"):
-        Int4Linear.from_gguf_blocks(raw[:-1], "Q4_0", (4, 64))
-
-
 @pytest.mark.parametrize("kind", ["int8-g32", "int4-g32"])
 def test_permute_rows_equals_permuting_the_weight(kind: str) -> None:
     layer = QUANTIZERS[kind](_linear())
     perm = torch.randperm(OUT)
     before = layer.dequantize()
     assert torch.equal(layer.permute_rows(perm).dequantize(), before[perm])
-
-
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
-def test_linear_from_gguf_converts_rope_rows_like_the_float_loader(qtype: str) -> None:
-    rows, cols, heads = 64, 96, 4
-    raw = _random_blocks(qtype, rows, cols, seed=3).reshape(-1)
-    layer = linear_from_gguf(raw, qtype, (rows, cols), rope_heads=heads)
-    expected = interleaved_to_half(dequantize(raw, qtype, (rows, cols)), heads)
-    assert layer is not None and torch.equal(layer.dequantize(), expected)
-    assert linear_from_gguf(raw, "Q6_K", (rows, cols)) is None
 
 
 @pytest.fixture(scope="module")

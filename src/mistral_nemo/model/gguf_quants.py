@@ -1,6 +1,7 @@
 """GGUF tensor dequantization in PyTorch: raw GGML blocks in, float32 weights out.
 
-Block layouts follow ggml's ggml-common.h. The numpy dequantizers in ``gguf.quants`` are the reference:
+Block sizes come from formats.gguf (gguf's GGML_QUANT_SIZES); the field layout inside a block follows
+ggml's ggml-common.h. The numpy dequantizers in ``gguf.quants`` are the reference:
 every kernel here does the same float32 operations in the same order, so results match bit for bit.
 All blocks of a chunk are decoded at once with tensor ops; chunking bounds the temporaries.
 """
@@ -13,18 +14,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
-__all__ = ["SUPPORTED_TYPES", "UnsupportedQuantizationError", "block_size", "dequantize"]
+from mistral_nemo.formats.gguf import QK_K, UnsupportedQuantizationError, block_size, is_float_type, qtype_of
+
+__all__ = ["SUPPORTED_TYPES", "dequantize"]
 
 QT = GGMLQuantizationType
-QK_K = 256
 # Elements decoded per step: temporaries stay a few MiB (cache-friendly) whatever the tensor size.
 _CHUNK_ELEMS = 1 << 20
-
-
-class UnsupportedQuantizationError(ValueError):
-    """The GGML type is unknown, or known but has no dequantizer here."""
 
 
 # Kernel: (blocks [n, bytes_per_block] uint8, out [n, elems_per_block] float32) -> fills out.
@@ -173,22 +171,9 @@ _KERNELS: dict[GGMLQuantizationType, _Kernel] = {
     QT.Q6_K: _q6_k,
     QT.Q8_K: _q8_k,
 }
-_FLOAT_TYPES = frozenset({QT.F32, QT.F16, QT.BF16})
-SUPPORTED_TYPES: frozenset[GGMLQuantizationType] = _FLOAT_TYPES | frozenset(_KERNELS)
-
-
-def _resolve(qtype: int | str) -> GGMLQuantizationType:
-    try:
-        if isinstance(qtype, str):
-            return QT[qtype.strip().upper()]
-        return QT(int(qtype))
-    except (KeyError, ValueError):
-        raise UnsupportedQuantizationError(f"unknown GGML quantization type {qtype!r}") from None
-
-
-def block_size(qtype: int | str) -> tuple[int, int]:
-    """(elements_per_block, bytes_per_block) of any type gguf knows, supported here or not (for skipping)."""
-    return GGML_QUANT_SIZES[_resolve(qtype)]
+SUPPORTED_TYPES: frozenset[GGMLQuantizationType] = frozenset(
+    {qt for qt in QT if is_float_type(qt)} | set(_KERNELS)
+)
 
 
 def _as_tensor(data: np.ndarray | torch.Tensor | bytes | bytearray | memoryview) -> torch.Tensor:
@@ -217,7 +202,7 @@ def dequantize(
     ``data`` is the tensor's raw bytes (any layout of uint8, e.g. GGUFReader's [rows, bytes_per_row]),
     or, for F32/F16/BF16, already-typed float values. The result never aliases ``data``.
     """
-    qt = _resolve(qtype)
+    qt = qtype_of(qtype)
     if qt not in SUPPORTED_TYPES:
         supported = ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
         raise UnsupportedQuantizationError(
@@ -227,14 +212,14 @@ def dequantize(
     numel = math.prod(shape)
     t = _as_tensor(data)
     if t.is_floating_point():
-        if qt not in _FLOAT_TYPES:
+        if not is_float_type(qt):
             raise ValueError(f"{qt.name} data must be raw bytes, got {t.dtype} values")
         if t.numel() != numel:
             raise ValueError(f"{t.numel()} values cannot fill shape {shape}")
         return t.reshape(shape).to(torch.float32, copy=True)
     raw = t.contiguous().reshape(-1).view(_U8) if t.dtype != _U8 else t.contiguous().reshape(-1)
 
-    elems, nbytes = GGML_QUANT_SIZES[qt]
+    elems, nbytes = block_size(qt)
     if shape and shape[-1] % elems:
         raise ValueError(f"{qt.name}: row length {shape[-1]} is not a multiple of the block size {elems}")
     n_blocks = numel // elems

@@ -1,12 +1,12 @@
 """A GGUF file (llama.cpp, architecture `llama`): quantized blocks, interleaved RoPE, tokenizer inside.
 
-The header is parsed by tokenizer.gguf_metadata (fast; gguf.GGUFReader takes seconds to open a
-file with a large vocabulary). Tensors are read a chunk of whole rows at a time (~32 MiB, pread by a
-thread a few chunks ahead into reused buffers, so the disk and the decoding overlap) and each chunk
-goes straight into the tensor's final buffers: a compact layer's int8 / int4 values and scales
-(quant/gguf_blocks.CompactRows) or a float32 tensor, q/k rows directly in their rotate-half places.
-No tensor ever exists twice in full, so the peak stays near the loaded model's own size plus the
-read buffers (pages of a memory map would count in RSS for as long as it is mapped).
+The header and the block sizes come from formats.gguf (its parser is fast; gguf.GGUFReader takes
+seconds to open a file with a large vocabulary). Tensors are read a chunk of whole rows at a time
+(~32 MiB, pread by a thread a few chunks ahead into reused buffers, so the disk and the decoding
+overlap) and each chunk goes straight into the tensor's final buffers: a compact layer's int8 / int4
+values and scales (quant/gguf_blocks.CompactRows) or a float32 tensor, q/k rows directly in their
+rotate-half places. No tensor ever exists twice in full, so the peak stays near the loaded model's
+own size plus the read buffers (pages of a memory map would count in RSS for as long as it is mapped).
 """
 
 from __future__ import annotations
@@ -24,13 +24,20 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as QT
 from torch import nn
 
+from mistral_nemo.formats.gguf import (
+    GgufTensorInfo,
+    UnsupportedQuantizationError,
+    block_size,
+    is_float_type,
+    is_gguf_file,
+    qtype_of,
+    row_bytes,
+)
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.gguf_quants import UnsupportedQuantizationError, block_size, dequantize
+from mistral_nemo.model.gguf_quants import dequantize
 from mistral_nemo.model.weights import CheckpointError, interleaved_to_half
-from mistral_nemo.tokenizer.gguf_metadata import GgufTensorInfo, is_gguf_file
 
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 _TOP_LEVEL = {
@@ -50,7 +57,6 @@ _IN_LAYER = {
     "ffn_norm.weight": "ffn_norm.weight",
 }
 
-_FLOAT_TYPES = frozenset({QT.F32, QT.F16, QT.BF16})
 # Bytes read per step (whole rows; _READ_AHEAD + 1 buffers): big sequential reads, small against the
 # tensors worth chunking (NeMo-12B: 75-713 MB each). 16 and 32 MiB measured alike on NeMo-12B.
 _CHUNK_BYTES = 32 << 20
@@ -116,7 +122,7 @@ class _Plan:
 
 def _plan(info: GgufTensorInfo, ours: str, file_size: int, path: Path) -> _Plan:
     try:
-        elements_per_block, bytes_per_block = block_size(info.qtype)
+        elements_per_block = block_size(info.qtype)[0]
     except UnsupportedQuantizationError as e:
         raise UnsupportedQuantizationError(f"{path}: tensor {info.name}: {e}") from e
     cols = int(info.dims[0]) if info.dims else 1
@@ -124,15 +130,14 @@ def _plan(info: GgufTensorInfo, ours: str, file_size: int, path: Path) -> _Plan:
     if cols % elements_per_block:
         raise CheckpointError(
             f"{path}: tensor {info.name} has rows of {cols} values, not a whole number of "
-            f"{QT(info.qtype).name} blocks of {elements_per_block}"
+            f"{qtype_of(info.qtype).name} blocks of {elements_per_block}"
         )
-    row_bytes = cols // elements_per_block * bytes_per_block
-    if info.offset + rows * row_bytes > file_size:
+    row_size = row_bytes(info.qtype, cols)
+    if info.offset + rows * row_size > file_size:
         raise CheckpointError(f"{path} is truncated: tensor {info.name} ends past the end of the file")
-    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
+    step = max(1, _CHUNK_BYTES // max(1, row_size))
     spans = [
-        (info.offset + r * row_bytes, min(step, rows - r) * row_bytes, info.name)
-        for r in range(0, rows, step)
+        (info.offset + r * row_size, min(step, rows - r) * row_size, info.name) for r in range(0, rows, step)
     ]
     return _Plan(info, ours, tuple(reversed(info.dims)), rows, cols, spans)
 
@@ -168,7 +173,7 @@ def _builders(plan: _Plan, args: ModelArgs, compact: bool) -> list[tuple[str, _B
     qtype, ours, shape = plan.info.qtype, plan.ours, (plan.rows, plan.cols)
     heads = _rope_heads(ours, args)
     order = _rope_order(plan.rows, heads) if heads else None
-    quantized = QT(qtype) not in _FLOAT_TYPES
+    quantized = not is_float_type(qtype)
     if compact and quantized and _is_linear(ours):
         return [(ours, _compact_rows(qtype, shape, order))]
     weight = (ours, _FloatRows(qtype, plan.shape, plan.cols, order))
@@ -189,9 +194,8 @@ class _FloatRows:
     """A float32 tensor filled a chunk of rows at a time (dequantized), rows put where `order` says."""
 
     def __init__(self, qtype: int, shape: tuple[int, ...], cols: int, order: np.ndarray | None) -> None:
-        elements_per_block, bytes_per_block = block_size(qtype)
         self.qtype, self.shape, self.cols = qtype, shape, cols
-        self.row_bytes = cols // elements_per_block * bytes_per_block
+        self.row_bytes = row_bytes(qtype, cols)
         self.weight = torch.empty(prod(shape) // cols, cols)  # [rows, cols]; finish() gives `shape`
         self.dest = None if order is None else torch.from_numpy(_destinations(order))
         self.done = 0

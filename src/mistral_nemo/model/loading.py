@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from mistral_nemo.formats.gguf import read_gguf_header
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.embedded import embedded_model_path, is_embedded_model
 from mistral_nemo.model.generation_defaults import OPENAI, GenerationDefaults, generation_defaults
@@ -34,7 +35,6 @@ from mistral_nemo.model.weights import (
     read_json,
 )
 from mistral_nemo.tokenizer import TekkenTokenizer, Tokenizer, load_tokenizer
-from mistral_nemo.tokenizer.gguf_metadata import read_gguf_header
 
 # Above this many parameters a CPU model is kept in bfloat16 (NeMo 12B: 24.5 GB instead of 49 GB).
 _BF16_ON_CPU_ABOVE = 2_000_000_000

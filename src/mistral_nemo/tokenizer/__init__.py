@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mistral_nemo.formats.gguf import GgufFileError, is_gguf_file, read_gguf_metadata
 from mistral_nemo.tokenizer.base import Tokenizer
 from mistral_nemo.tokenizer.bpe import BpeTokenizer
 from mistral_nemo.tokenizer.chat_template import ChatTemplate
 from mistral_nemo.tokenizer.detokenizer import IncrementalDetokenizer
 from mistral_nemo.tokenizer.errors import ChatFormatError, TokenizerError, TokenizerFileError
-from mistral_nemo.tokenizer.gguf_metadata import is_gguf_file, read_gguf_metadata
 from mistral_nemo.tokenizer.mistral_chat import EncodedChat, MistralChatEncoder
 from mistral_nemo.tokenizer.tekken import SpecialTokenPolicy, TekkenTokenizer
 from mistral_nemo.tokenizer.tool_ids import ToolCallIdMap
@@ -32,7 +32,6 @@ __all__ = [
     "ToolCallParser",
     "load_tokenizer",
     "parse_tool_calls",
-    "read_gguf_metadata",
 ]
 
 
@@ -54,7 +53,11 @@ def load_tokenizer(path: str | Path) -> TekkenTokenizer | BpeTokenizer:
     if not path.exists():
         raise TokenizerFileError(f"tokenizer not found: {path}")
     if is_gguf_file(path):
-        return BpeTokenizer.from_gguf_metadata(read_gguf_metadata(path), name=path.stem)
+        try:
+            fields = read_gguf_metadata(path)
+        except GgufFileError as exc:  # the tokenizer's callers handle TokenizerError
+            raise TokenizerFileError(str(exc)) from exc
+        return BpeTokenizer.from_gguf_metadata(fields, name=path.stem)
     if _is_json_object(path):
         return TekkenTokenizer.from_file(path)  # says exactly what is wrong if it is not a Tekken file
     raise TokenizerFileError(

@@ -13,7 +13,6 @@ from typing import Any
 _LAZY = {
     "Int4Linear": "mistral_nemo.model.quant.linear",
     "Int8Linear": "mistral_nemo.model.quant.linear",
-    "linear_from_gguf": "mistral_nemo.model.quant.quantize",
     "quantize_linear": "mistral_nemo.model.quant.quantize",
     "quantize_model": "mistral_nemo.model.quant.quantize",
     "quantize_on_load": "mistral_nemo.model.quant.quantize",

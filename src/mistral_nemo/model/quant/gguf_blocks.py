@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
+from mistral_nemo.formats.gguf import QK_K, block_size, block_view, is_float_type, qtype_of, row_bytes
 from mistral_nemo.model.gguf_quants import dequantize
 from mistral_nemo.model.quant.linear import (
     Int4Linear,
@@ -32,11 +32,9 @@ from mistral_nemo.model.quant.linear import (
     put_rows,
 )
 
-__all__ = ["EXACT_TYPES", "FLOAT_TYPES", "CompactRows", "compact_linear"]
+__all__ = ["EXACT_TYPES", "CompactRows", "compact_linear"]
 
 EXACT_TYPES = frozenset({QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q4_K, QT.Q6_K})
-FLOAT_TYPES = frozenset({QT.F32, QT.F16, QT.BF16})
-QK_K = 256
 # K-quant blocks unpacked per step: bounds the uint8 temporaries to a few MiB whatever the chunk size.
 _CHUNK_BLOCKS = 1 << 14
 _CHUNK_ELEMS = 1 << 20  # fp32 elements per requantization step (4 MiB)
@@ -44,10 +42,6 @@ _NIBBLE = np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
 _CRUMB = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
 
 Rows = slice | np.ndarray  # destination rows of a chunk's rows: a slice, or indices (a permutation)
-
-
-def resolve_qtype(qtype: int | str) -> QT:
-    return QT[qtype.strip().upper()] if isinstance(qtype, str) else QT(int(qtype))
 
 
 def compact_linear(
@@ -59,7 +53,7 @@ def compact_linear(
     Raises ValueError for float types (keep those as tensors) and for bytes that do not fit the shape.
     """
     builder = CompactRows(qtype, shape)
-    builder.put(gguf_block_view(raw, builder.qtype, shape))
+    builder.put(block_view(raw, builder.qtype, shape))
     return builder.finish()
 
 
@@ -74,15 +68,13 @@ class CompactRows:
     def __init__(
         self, qtype: int | str, shape: tuple[int, int], row_order: torch.Tensor | np.ndarray | None = None
     ) -> None:
-        qt = resolve_qtype(qtype)
+        qt = qtype_of(qtype)
         rows, cols = (int(s) for s in shape)
-        if qt in FLOAT_TYPES:
+        if is_float_type(qt):
             raise ValueError(f"{qt.name} weights are floats already; keep them as a tensor")
-        elems, self.block_bytes = GGML_QUANT_SIZES[qt]
-        if cols % elems:
-            raise ValueError(f"{qt.name}: row length {cols} is not a multiple of the block size {elems}")
+        self.block_bytes = block_size(qt)[1]
         self.qtype, self.rows, self.cols = qt, rows, cols
-        self.row_bytes = cols // elems * self.block_bytes
+        self.row_bytes = row_bytes(qt, cols)
         self.layer = _empty_layer(qt, rows, cols)
         self._dest = None if row_order is None else _inverse(row_order, rows)
         self._buffers = {name: buf.numpy() for name, buf in self.layer.named_buffers()}
@@ -159,22 +151,6 @@ def _inverse(row_order: torch.Tensor | np.ndarray, rows: int) -> np.ndarray:
     return dest
 
 
-def gguf_block_view(raw: np.ndarray | bytes, qt: QT, shape: tuple[int, int]) -> np.ndarray:
-    """Raw bytes as [n_blocks, bytes_per_block] uint8 (a view), after checking they fill `shape`."""
-    if isinstance(raw, bytes | bytearray | memoryview):
-        arr = np.frombuffer(raw, dtype=np.uint8)
-    else:
-        arr = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-    rows, cols = shape
-    elems, nbytes = GGML_QUANT_SIZES[qt]
-    if cols % elems:
-        raise ValueError(f"{qt.name}: row length {cols} is not a multiple of the block size {elems}")
-    need = rows * cols // elems * nbytes
-    if arr.size != need:
-        raise ValueError(f"{qt.name}: shape {shape} needs {need} bytes, got {arr.size}")
-    return arr.reshape(-1, nbytes)
-
-
 def _f16(b: np.ndarray, off: int) -> np.ndarray:
     """The fp16 field at byte `off` of each block, as float32 [n, 1] (exact; through a uint16 view)."""
     return f16_field(b, off).astype(np.float32)[:, None]
@@ -231,7 +207,7 @@ def _put_q4_k_rows(
 def _put_requantized_rows(b: np.ndarray, rows: Rows, qt: QT, q: np.ndarray, scale: np.ndarray) -> None:
     """Not exact: dequantize these rows, requantize them to int8 G=32 (never a full fp32 copy)."""
     cols = q.shape[1]
-    count = b.shape[0] * GGML_QUANT_SIZES[qt][0] // cols
+    count = b.shape[0] * block_size(qt)[0] // cols
     part = Int8Linear.from_float(dequantize(b, qt, (count, cols)), group_size=32)
     put_rows(q, rows, part.qweight.numpy())
     put_rows(scale, rows, part.scale.numpy())

@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as QT
 from torch import nn
 
 from mistral_nemo.model.quant import kernels
@@ -32,27 +31,6 @@ def linear_weight(linear_or_weight: nn.Linear | torch.Tensor) -> torch.Tensor:
             raise ValueError("quantized linears here have no bias (NeMo's linears have none)")
         return linear_or_weight.weight.detach()
     return linear_or_weight.detach()
-
-
-def _gguf_blocks(raw: object, qtype: int | str, shape: tuple[int, int], expect: QT) -> np.ndarray:
-    """Raw GGUF bytes as a [n_blocks, bytes_per_block] uint8 array (a view when possible)."""
-    qt = QT[qtype.strip().upper()] if isinstance(qtype, str) else QT(int(qtype))
-    if qt != expect:
-        raise ValueError(f"expected {expect.name} blocks, got {qt.name}")
-    if isinstance(raw, torch.Tensor):
-        arr = raw.contiguous().view(torch.uint8).numpy()
-    elif isinstance(raw, bytes | bytearray | memoryview):
-        arr = np.frombuffer(raw, dtype=np.uint8)
-    else:
-        arr = np.asarray(raw).view(np.uint8)
-    rows, cols = (int(s) for s in shape)
-    if cols % 32:
-        raise ValueError(f"{qt.name}: row length {cols} is not a multiple of 32")
-    per_block = {QT.Q8_0: 34, QT.Q4_0: 18, QT.Q4_1: 20}[qt]
-    n_blocks = rows * cols // 32
-    if arr.size != n_blocks * per_block:
-        raise ValueError(f"{qt.name}: shape {shape} needs {n_blocks * per_block} bytes, got {arr.size}")
-    return arr.reshape(n_blocks, per_block)
 
 
 def f16_field(blocks: np.ndarray, off: int) -> np.ndarray:
@@ -218,15 +196,6 @@ class Int8Linear(_IntegerLinear):
             scale[r : r + step] = s
         return cls(q, scale)
 
-    @classmethod
-    def from_gguf_blocks(cls, raw: object, qtype: int | str, shape: tuple[int, int]) -> Int8Linear:
-        """Q8_0 blocks (fp16 d + 32 int8) -> exact block-scaled int8 (G = 32), no fp32 copy."""
-        blocks = _gguf_blocks(raw, qtype, shape, QT.Q8_0)
-        rows, cols = shape
-        layer = cls(torch.empty(rows, cols, dtype=torch.int8), torch.empty(rows, cols // 32))
-        put_q8_0_rows(blocks, slice(None), layer.qweight.numpy(), layer.scale.numpy())
-        return layer
-
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
         xq, xs, _ = kernels.quantize_activations(x)
         kernels.int8_matmul(xq, xs, self.qweight.numpy(), self.scale.numpy(), out)
@@ -281,21 +250,6 @@ class Int4Linear(_IntegerLinear):
             packed[r : r + step] = (q[..., :16] | (q[..., 16:] << 4)).reshape(-1, cols // 2)
             scale[r : r + step], zero[r : r + step] = s, lo
         return cls(packed, scale, zero)
-
-    @classmethod
-    def from_gguf_blocks(cls, raw: object, qtype: int | str, shape: tuple[int, int]) -> Int4Linear:
-        """Q4_0 (d, nibbles: w = d(q - 8)) or Q4_1 (d, m, nibbles: w = dq + m) blocks, G = 32, exact."""
-        q4_1 = (QT[qtype.upper()] if isinstance(qtype, str) else QT(int(qtype))) == QT.Q4_1
-        blocks = _gguf_blocks(raw, qtype, shape, QT.Q4_1 if q4_1 else QT.Q4_0)
-        rows, cols = shape
-        groups = cols // 32
-        layer = cls(
-            torch.empty(rows, cols // 2, dtype=torch.uint8),
-            torch.empty(rows, groups),
-            torch.empty(rows, groups),
-        )
-        put_q4_rows(blocks, slice(None), layer.packed.numpy(), layer.scale.numpy(), layer.zero.numpy(), q4_1)
-        return layer
 
     def _small(self, x: np.ndarray, out: np.ndarray) -> None:
         xq, xs, xsum = kernels.quantize_activations(x)

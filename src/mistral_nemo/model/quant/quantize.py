@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import torch
-from gguf import GGMLQuantizationType
 from torch import nn
 
 from mistral_nemo.model.quant.linear import Int4Linear, Int8Linear
@@ -17,8 +16,6 @@ QuantMode = Literal["int8", "int4"]
 LoadMode = Literal["auto", "none", "int8", "int4", "fp8"]
 # What load() makes of the linears: these modes produce compact layers (see quantize_on_load).
 QUANTIZED_MODES = ("int8", "int4", "fp8")
-# GGML types that load straight into a compact linear (others: dequantize, then quantize_linear).
-GGUF_DIRECT = {"Q8_0": Int8Linear, "Q4_0": Int4Linear, "Q4_1": Int4Linear}
 _ATTN = ("wq", "wk", "wv", "wo")
 _FFN = ("w1", "w2", "w3")
 _LINEAR_SUFFIXES = tuple(f".attention.{n}.weight" for n in _ATTN) + tuple(
@@ -34,23 +31,6 @@ def quantize_linear(linear: nn.Linear | torch.Tensor, mode: QuantMode, group_siz
     if mode == "int4":
         return Int4Linear.from_float(linear, group_size=group_size)
     raise ValueError(f"unknown quantization mode {mode!r}; expected 'int8' or 'int4'")
-
-
-def linear_from_gguf(
-    raw: object, qtype: int | str, shape: tuple[int, int], rope_heads: int | None = None
-) -> nn.Module | None:
-    """A compact linear from one GGUF tensor's raw bytes (Q8_0 / Q4_0 / Q4_1), None for other types.
-
-    rope_heads: for attn_q / attn_k, the head count whose interleaved-pair rows become rotate-half.
-    """
-    name = GGMLQuantizationType(int(qtype)).name if not isinstance(qtype, str) else qtype.strip().upper()
-    cls = GGUF_DIRECT.get(name)
-    if cls is None:
-        return None
-    layer = cls.from_gguf_blocks(raw, name, shape)
-    if rope_heads:
-        layer.permute_rows(rope_row_perm(shape[0], rope_heads))
-    return layer
 
 
 def rope_row_perm(rows: int, n_heads: int) -> torch.Tensor:

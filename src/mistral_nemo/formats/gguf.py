@@ -1,4 +1,10 @@
-"""The key/value metadata of a GGUF file (llama.cpp's model format) as plain Python values.
+"""GGUF (llama.cpp's model format): everything this project knows about the file layout, in one place.
+
+- The header: the key/value metadata as plain Python values, and the tensor table (name, dims, GGML
+  type, absolute offset). Used by the tokenizer (the vocabulary lives in the metadata) and the loader.
+- The block layouts: how many values and bytes one block of each GGML type holds, from `gguf`'s
+  `GGML_QUANT_SIZES` (the table llama.cpp's own Python package keeps), and a checked view of a
+  tensor's raw bytes as [blocks, bytes_per_block]. Used by the dequantizer and the compact layers.
 
 `gguf.GGUFReader` builds a numpy view per array element while it opens a file, which takes
 seconds for a 49k-token vocabulary (and imports mistral_common along with it), so the header
@@ -9,16 +15,46 @@ one `gguf.GGUFReader` reads; the tests check both give the same values.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mistral_nemo.tokenizer.errors import TokenizerFileError
+if TYPE_CHECKING:
+    import numpy as np
+    from gguf import GGMLQuantizationType
+
+__all__ = [
+    "FLOAT_TYPE_NAMES",
+    "GGUF_MAGIC",
+    "QK_K",
+    "GgufFileError",
+    "GgufTensorInfo",
+    "UnsupportedQuantizationError",
+    "block_size",
+    "block_view",
+    "is_float_type",
+    "is_gguf_file",
+    "qtype_of",
+    "read_gguf_header",
+    "read_gguf_metadata",
+    "row_bytes",
+]
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
+
+
+class GgufFileError(ValueError):
+    """A GGUF file is missing, truncated, or not the structure it announces; the message names the file."""
+
+
+class UnsupportedQuantizationError(ValueError):
+    """The GGML type is unknown, or known but has no decoder here."""
+
 
 # GGUFValueType: id -> (struct code, width in bytes); 8 (string) and 9 (array) are read apart.
 _SCALARS: dict[int, tuple[str, int]] = {
@@ -63,7 +99,7 @@ def is_gguf_file(path: str | Path) -> bool:
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     """Every metadata key of a GGUF file: strings as str, arrays as lists, numbers as int/float/bool.
 
-    A missing, unreadable, truncated or non-GGUF file raises TokenizerFileError naming the problem.
+    A missing, unreadable, truncated or non-GGUF file raises GgufFileError naming the problem.
     """
     return read_gguf_header(path, with_tensors=False)[0]
 
@@ -76,19 +112,19 @@ def read_gguf_header(
     try:
         with path.open("rb") as f:
             if f.read(4) != GGUF_MAGIC:
-                raise TokenizerFileError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
+                raise GgufFileError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 parser = _Parser(mm, path)
                 metadata = parser.parse()
                 return metadata, (parser.tensor_infos(metadata) if with_tensors else [])
     except FileNotFoundError:
-        raise TokenizerFileError(f"GGUF file not found: {path}") from None
+        raise GgufFileError(f"GGUF file not found: {path}") from None
     except IsADirectoryError:
-        raise TokenizerFileError(f"{path} is a directory, not a GGUF file") from None
+        raise GgufFileError(f"{path} is a directory, not a GGUF file") from None
     except (OSError, ValueError) as exc:
-        if isinstance(exc, TokenizerFileError):
+        if isinstance(exc, GgufFileError):
             raise
-        raise TokenizerFileError(f"cannot read GGUF file {path}: {exc}") from exc
+        raise GgufFileError(f"cannot read GGUF file {path}: {exc}") from exc
 
 
 class _Parser:
@@ -115,13 +151,11 @@ class _Parser:
                 metadata[key] = self._value(self._unpack("I", 4))
             return metadata
         except (_Truncated, struct.error):
-            raise TokenizerFileError(
+            raise GgufFileError(
                 f"{self.path}: GGUF file is truncated or corrupt (it ends inside metadata {key!r})"
             ) from None
         except UnicodeDecodeError as exc:
-            raise TokenizerFileError(
-                f"{self.path}: metadata {key!r} holds a string that is not UTF-8"
-            ) from exc
+            raise GgufFileError(f"{self.path}: metadata {key!r} holds a string that is not UTF-8") from exc
 
     def tensor_infos(self, metadata: dict[str, Any]) -> list[GgufTensorInfo]:
         """Call after parse(): the tensor table that follows the metadata, offsets made absolute."""
@@ -133,7 +167,7 @@ class _Parser:
                 dims = tuple(self._unpack("Q", 8) for _ in range(n_dims))
                 raw.append((name, dims, self._unpack("I", 4), self._unpack("Q", 8)))
         except (_Truncated, struct.error):
-            raise TokenizerFileError(
+            raise GgufFileError(
                 f"{self.path}: GGUF file is truncated (it ends in the tensor table)"
             ) from None
         alignment = int(metadata.get("general.alignment", 32)) or 32
@@ -146,7 +180,7 @@ class _Parser:
             self.order = ">"
             version = struct.unpack(">I", struct.pack("<I", version))[0]
         if version not in SUPPORTED_VERSIONS:
-            raise TokenizerFileError(
+            raise GgufFileError(
                 f"{self.path}: GGUF version {version} is not supported (expected one of {SUPPORTED_VERSIONS})"
             )
 
@@ -175,7 +209,7 @@ class _Parser:
             item_type = self._unpack("I", 4)
             count = self._unpack("Q", 8)
             return self._array(item_type, count)
-        raise TokenizerFileError(f"{self.path}: unknown GGUF value type {value_type} at byte {self.pos - 4}")
+        raise GgufFileError(f"{self.path}: unknown GGUF value type {value_type} at byte {self.pos - 4}")
 
     def _array(self, item_type: int, count: int) -> list[Any]:
         if item_type in _SCALARS:
@@ -209,3 +243,71 @@ class _Parser:
             pos = end
         self.pos = pos
         return out
+
+
+# --- Block layouts -------------------------------------------------------------------------------
+# The table is gguf's GGML_QUANT_SIZES, imported on first use: importing the gguf package takes
+# seconds (it imports mistral_common), which the header parser and the tokenizer do not need (nor numpy).
+
+QK_K = 256  # values per block of the K-quants (Q2_K ... Q8_K)
+FLOAT_TYPE_NAMES = frozenset({"F32", "F16", "BF16"})  # plain floats: one value per "block"
+
+
+@cache
+def _quant_sizes() -> dict[GGMLQuantizationType, tuple[int, int]]:
+    from gguf import GGML_QUANT_SIZES
+
+    return GGML_QUANT_SIZES
+
+
+def qtype_of(qtype: int | str | GGMLQuantizationType) -> GGMLQuantizationType:
+    """The GGML type from its number (as stored in the tensor table) or its name ("Q4_K", "q8_0")."""
+    from gguf import GGMLQuantizationType
+
+    try:
+        if isinstance(qtype, str):
+            return GGMLQuantizationType[qtype.strip().upper()]
+        return GGMLQuantizationType(int(qtype))
+    except (KeyError, ValueError):
+        raise UnsupportedQuantizationError(f"unknown GGML quantization type {qtype!r}") from None
+
+
+def is_float_type(qtype: int | str | GGMLQuantizationType) -> bool:
+    """F32 / F16 / BF16: values stored as floats (no blocks to decode)."""
+    return qtype_of(qtype).name in FLOAT_TYPE_NAMES
+
+
+def block_size(qtype: int | str | GGMLQuantizationType) -> tuple[int, int]:
+    """(values_per_block, bytes_per_block) of any type gguf knows, decoded here or not (for skipping)."""
+    return _quant_sizes()[qtype_of(qtype)]
+
+
+def row_bytes(qtype: int | str | GGMLQuantizationType, cols: int) -> int:
+    """Bytes of one row of `cols` values; ValueError if the row is not a whole number of blocks."""
+    values, nbytes = block_size(qtype)
+    if cols % values:
+        name = qtype_of(qtype).name
+        raise ValueError(f"{name}: row length {cols} is not a multiple of the block size {values}")
+    return cols // values * nbytes
+
+
+def block_view(
+    raw: np.ndarray | bytes | bytearray | memoryview,
+    qtype: int | str | GGMLQuantizationType,
+    shape: tuple[int, ...],
+) -> np.ndarray:
+    """A tensor's raw bytes as [n_blocks, bytes_per_block] uint8 (a view where possible), after
+    checking that they fill `shape` (PyTorch order: a row is the last dim)."""
+    import numpy as np
+
+    if isinstance(raw, bytes | bytearray | memoryview):
+        arr = np.frombuffer(raw, dtype=np.uint8)
+    else:
+        arr = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    cols = int(shape[-1]) if shape else 1
+    rows = math.prod(int(s) for s in shape[:-1])
+    need = rows * row_bytes(qtype, cols)
+    if arr.size != need:
+        name = qtype_of(qtype).name
+        raise ValueError(f"{name}: shape {tuple(shape)} needs {need} bytes, got {arr.size}")
+    return arr.reshape(-1, block_size(qtype)[1])
