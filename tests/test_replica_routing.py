@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 from prometheus_client import generate_latest
 
 from mistral_nemo.engine.llm_engine import EngineStats
+from mistral_nemo.entrypoints.cli import main
 from mistral_nemo.entrypoints.replicas.affinity import PROMPT_PREFIX_CHARS, conversation_key
 from mistral_nemo.entrypoints.replicas.metrics_merge import merge_metrics
 from mistral_nemo.entrypoints.server.metrics import ServerMetrics
@@ -59,3 +61,16 @@ def test_merged_metrics_are_each_replicas_own_with_a_replica_label() -> None:
         assert samples == [line for line in text.splitlines() if not line.startswith("#")]
     assert 'mistral_nemo:prefix_cache_hits_total{replica="r1"} 32.0' in merged
     assert merged.count("# TYPE mistral_nemo:time_to_first_token_seconds histogram") == 1
+
+
+def test_replicas_without_ray_say_how_to_install_it(monkeypatch, capsys) -> None:
+    for name in ("ray", "ray.serve"):  # as if the ray extra were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["serve", "--replicas", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "--replicas needs Ray Serve" in error and "pip install 'mistral-nemo[ray]'" in error
+
+
+def test_ray_address_needs_replicas(capsys) -> None:
+    assert main(["serve", "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --replicas N" in capsys.readouterr().err

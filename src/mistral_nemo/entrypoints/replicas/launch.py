@@ -70,8 +70,9 @@ def replica_resources(args: argparse.Namespace) -> dict[str, float]:
 
 
 def stop_replicas() -> None:
-    serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():  # serve.shutdown() would otherwise start a cluster only to stop it
+        serve.shutdown()
+        ray.shutdown()
 
 
 def run_replicas(args: argparse.Namespace) -> int:
