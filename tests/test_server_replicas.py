@@ -8,7 +8,9 @@ killing that replica must leave the other serving the conversation.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -54,6 +56,10 @@ WEATHER_TOOL = {
 }
 
 
+# How long the raylet waits for Ray's dashboard agent (a Python process) to start: ample on a loaded machine.
+os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+
+
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[RunningServer]:
     with socket.socket() as s:
@@ -67,11 +73,24 @@ def replicas() -> Iterator[RunningServer]:
     args = build_parser().parse_args(argv)
     check_args(args)
     try:
-        url = start_replicas(args)  # returns once both replicas have loaded the model
+        url = start_ray_serve(args)
         assert httpx.get(url + "/health", timeout=30).status_code == 200
         yield RunningServer(url, API_KEY, SMOL_NAME, engine=None)  # type: ignore[arg-type]
     finally:
         stop_replicas()
+
+
+def start_ray_serve(args: argparse.Namespace) -> str:
+    """start_replicas, which returns once both replicas have loaded the model. On a heavily loaded
+    machine Ray's own start-up can miss its fixed 30 s wait for the node to register: try again."""
+    for attempt in range(3):
+        try:
+            return start_replicas(args)
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            stop_replicas()
+    raise AssertionError("unreachable")
 
 
 def client(server: RunningServer) -> OpenAI:

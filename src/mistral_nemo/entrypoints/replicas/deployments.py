@@ -111,7 +111,10 @@ class Ingress:
                 logger.warning("replica unavailable for %s %s, trying another: %s", *scope_line(scope), exc)
                 failure = exc
         error = APIError(
-            503, f"no engine replica could take the request: {failure}", code="replica_unavailable"
+            503,
+            f"no engine replica could take the request ({type(failure).__name__}); retry shortly",
+            code="replica_unavailable",
+            headers={"Retry-After": "1"},
         )
         await error_response(error)(scope, receive, send)
 
@@ -120,6 +123,9 @@ class Ingress:
             timeout_s=METRICS_TIMEOUT_S, return_exceptions=True
         )
         texts = dict(a for a in answers if isinstance(a, tuple))
+        if not texts:
+            error = APIError(503, "no engine replica is running", code="replica_unavailable")
+            return await error_response(error)(scope, receive, send)
         await send(
             {
                 "type": "http.response.start",
