@@ -29,8 +29,10 @@ from mistral_nemo.entrypoints.server.metrics import CONTENT_TYPE
 logger = logging.getLogger("mistral_nemo.server")
 
 METRICS_TIMEOUT_S = 10.0
-# A replica that dies before answering: the request is sent again, the router then picks a live one.
-ATTEMPTS = 3
+# A replica that dies before answering: the request is sent again, after a pause in which Serve
+# learns of the death, and the router then picks a live replica.
+ATTEMPTS = 4
+RETRY_PAUSE_S = 0.5
 
 
 @serve.deployment
@@ -98,7 +100,9 @@ class Ingress:
     ) -> None:
         handle = self.engines.options(stream=True, **({"session_id": key} if key else {}))
         failure: BaseException | None = None
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(RETRY_PAUSE_S * attempt)
             started = False
             try:
                 async for message in handle.handle_http.remote(request):
