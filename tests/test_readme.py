@@ -38,6 +38,8 @@ NOT_HERE = {
     "ADAPTER": "placeholders; tests/test_lora.py runs --lora, merge and export on real adapters",
     "PEFT_DIR": "placeholders; tests/test_lora.py exports to PEFT and back",
     "--tasks mmlu": "57 subjects x 5 shots: many minutes on 2 cores; tests/test_eval*.py run the same path",
+    "'.[ray]'": "installs Ray Serve; tests/test_server_replicas.py runs serve --replicas on local Ray",
+    "ray start": "needs a Ray cluster; tests/test_server_replicas.py starts a local one",
     "lm-eval run": "needs a server on port 8000; tests/test_lm_eval_e2e.py runs lm-eval against serve",
 }
 SETUP = "bash scripts/setup.sh && "  # the venv running this test is what setup.sh made

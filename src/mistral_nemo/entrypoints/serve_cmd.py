@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,10 @@ from mistral_nemo.entrypoints.remote_chat import API_KEY_ENV
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from mistral_nemo.engine.async_engine import AsyncLLMEngine
+    from mistral_nemo.entrypoints.server import ServerConfig
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -86,6 +90,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="browser origins allowed by CORS, as vLLM (default: * = any; none given: no CORS headers)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--replicas",
+        type=positive_int,
+        metavar="N",
+        help="serve N full engine replicas on Ray Serve behind one endpoint, a conversation sticking to "
+        "one replica (needs the ray extra: pip install 'mistral-nemo[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --replicas: the Ray cluster to join (e.g. ray://head:10001 or auto; default: start a "
+        "local one on this machine)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -107,24 +124,10 @@ def model_from_names(args: argparse.Namespace) -> None:
     args.model, args.served_model_name = names[-1], names[:-1]
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn  # imported here: the other commands do not need the server's dependencies
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    from mistral_nemo.entrypoints.server import ServerConfig
 
-    from mistral_nemo.engine.async_engine import AsyncLLMEngine
-    from mistral_nemo.engine.llm_engine import LLMEngine
-    from mistral_nemo.entrypoints.model_options import load_for_cli
-    from mistral_nemo.entrypoints.server import ServerConfig, build_app
-    from mistral_nemo.entrypoints.server.shutdown import GracefulServer
-
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in 0..65535, got {args.port}")
-    model_from_names(args)
-    if args.model is not None and not Path(args.model).expanduser().exists():
-        from mistral_nemo.model.loading import detect_format
-
-        detect_format(Path(args.model).expanduser())  # raises "model not found", with the download hint
-    engine_limits = engine_config(args)
-    server_config = ServerConfig(
+    return ServerConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,
@@ -133,22 +136,64 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         **({"max_body_bytes": args.max_body_size} if args.max_body_size is not None else {}),
     )
-    level = getattr(logging, args.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    failure: list[BaseException] = []
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The checks made before anything starts: bad flags fail at once, not in a replica."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.ray_address is not None and args.replicas is None:
+        raise ValueError("--ray-address needs --replicas N (the number of engine replicas to deploy)")
+    model_from_names(args)
+    if args.model is not None and not Path(args.model).expanduser().exists():
+        from mistral_nemo.model.loading import detect_format
+
+        detect_format(Path(args.model).expanduser())  # raises "model not found", with the download hint
+
+
+def server_app(
+    args: argparse.Namespace, on_load_error: Callable[[BaseException], None] | None = None
+) -> FastAPI:
+    """The server of one engine, loading its model in the background (also one Ray Serve replica's)."""
+    from mistral_nemo.engine.async_engine import AsyncLLMEngine
+    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.entrypoints.model_options import load_for_cli
+    from mistral_nemo.entrypoints.server import build_app
+
+    engine_limits = engine_config(args)
+    config = server_config(args)
 
     def build_engine() -> AsyncLLMEngine:
         loaded = load_for_cli(args)
         # Request fields left out take the model's sampling defaults (generation_config.json, NeMo's 0.3,
         # the embedded model's greedy), as vLLM does; a request's own field always wins.
-        server_config.sampling_defaults = loaded.generation_defaults
+        config.sampling_defaults = loaded.generation_defaults
         return AsyncLLMEngine(LLMEngine(loaded, engine_limits))
+
+    return build_app(build_engine, config, on_load_error=on_load_error)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: the other commands do not need the server's dependencies
+
+    from mistral_nemo.entrypoints.server.shutdown import GracefulServer
+
+    check_args(args)
+    engine_config(args)  # bad limits fail here, before a replica or the server starts
+    server_config(args)
+    if args.replicas is not None:
+        from mistral_nemo.entrypoints.replicas import run_replicas
+
+        return run_replicas(args)
+    level = getattr(logging, args.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    failure: list[BaseException] = []
 
     def on_load_error(exc: BaseException) -> None:
         failure.append(exc)
         server.should_exit = True
 
-    app = build_app(build_engine, server_config, on_load_error=on_load_error)
+    app = server_app(args, on_load_error)
     uvicorn_config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on"
     )
