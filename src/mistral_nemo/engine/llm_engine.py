@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mistral_nemo.engine.adapters import AdapterRegistry
 from mistral_nemo.engine.block_manager import BlockManager
 from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.constraints import DecodingConstraint, apply_constraints
 from mistral_nemo.engine.errors import RequestError
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.engine.model_runner import ModelRunner
 from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from mistral_nemo.engine.paged_cache import PagedKVCache
@@ -21,6 +23,7 @@ from mistral_nemo.engine.scheduler import Scheduler
 from mistral_nemo.engine.sequence import FinishReason, Sequence
 from mistral_nemo.engine.stop_strings import StopStringFilter
 from mistral_nemo.model.loading import LoadedModel
+from mistral_nemo.model.multi_lora import AdapterSlots
 from mistral_nemo.tokenizer import IncrementalDetokenizer, SpecialTokenPolicy
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ class _Request:
     seqs: list[Sequence]
     arrival: float = field(default_factory=time.monotonic)
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    lora_int_id: int | None = None  # the adapter it holds a use of (released when it ends)
 
 
 @dataclass
@@ -84,7 +88,10 @@ class LLMEngine:
         num_blocks = self.config.num_blocks or max(1, min(budget, usable))
         self.blocks = BlockManager(num_blocks, block_size, self.config.enable_prefix_caching)
         self.cache = PagedKVCache(loaded.args, num_blocks, block_size, model.dtype, model.device)
-        self.runner = ModelRunner(model, self.cache)
+        # enable_lora wraps the model's target linears in place (model/multi_lora.py): per-token adapters.
+        slots = AdapterSlots(model, self.config.max_loras) if self.config.enable_lora else None
+        self.adapters = AdapterRegistry(slots, loaded.args) if slots is not None else None
+        self.runner = ModelRunner(model, self.cache, slots)
         self.scheduler = Scheduler(
             self.blocks,
             self.max_model_len,
@@ -100,7 +107,12 @@ class LLMEngine:
     # ---- requests ------------------------------------------------------------------------------
 
     def add_request(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams, prompt_text: str | None = None
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        prompt_text: str | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queue a request. Raises RequestError / ContextLengthError / NeverFitsError / QueueFullError."""
         if request_id in self._requests:
@@ -130,6 +142,11 @@ class LLMEngine:
         for seq in seqs[1:]:
             seq.first_sibling = seqs[0]
         request = _Request(request_id, prompt_ids, prompt_text, params, seqs)
+        if lora_request is not None:  # last: nothing below raises, so the adapter's use is always released
+            adapter = self._adapter_registry().acquire(lora_request)
+            request.lora_int_id = lora_request.lora_int_id
+            for seq in seqs:
+                seq.lora_slot, seq.cache_salt = adapter.slot, adapter.cache_salt
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]
         self._requests[request_id] = request
@@ -141,11 +158,39 @@ class LLMEngine:
         request = self._requests.pop(request_id, None)
         if request is None:
             return False
+        self._release_adapter(request)
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.finish(seq)
                 seq.finish_reason = FinishReason.ABORT
         return True
+
+    # ---- LoRA adapters (vLLM's names) ----------------------------------------------------------
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter ahead of its requests (raises LoraError naming a bad file)."""
+        self._adapter_registry().add(lora_request)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Unload an adapter no unfinished request uses; False if unknown or in use."""
+        return self.adapters is not None and self.adapters.remove(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        return {lora.lora_int_id for lora in self.lora_requests()}
+
+    def lora_requests(self) -> list[LoRARequest]:
+        """The adapters loaded now, least recently used first."""
+        return self.adapters.list() if self.adapters is not None else []
+
+    def _adapter_registry(self) -> AdapterRegistry:
+        if self.adapters is None:
+            raise RequestError("this engine serves no LoRA adapters: create it with enable_lora=True")
+        return self.adapters
+
+    def _release_adapter(self, request: _Request) -> None:
+        if request.lora_int_id is not None and self.adapters is not None:
+            self.adapters.release(request.lora_int_id)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
@@ -297,6 +342,7 @@ class LLMEngine:
         finished = all(seq.is_finished for seq in request.seqs)
         if finished:
             del self._requests[request.request_id]
+            self._release_adapter(request)
         return RequestOutput(
             request_id=request.request_id,
             prompt_token_ids=request.prompt_ids,
