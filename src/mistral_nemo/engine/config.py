@@ -22,7 +22,14 @@ class EngineConfig:
     max_loras: int = 1  # adapters held at once when enable_lora (the least recently used idle one goes)
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "kv_cache_memory", "max_num_seqs", "max_num_batched_tokens", "max_queue", "max_loras"):
+        for name in (
+            "block_size",
+            "kv_cache_memory",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_queue",
+            "max_loras",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 

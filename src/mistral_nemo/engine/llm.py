@@ -254,7 +254,11 @@ class LLM:
                 text = prompt if isinstance(prompt, str) else None
             try:
                 self.engine.add_request(
-                    request_id, prompt, params, prompt_text=text, lora_request=lora  # type: ignore[arg-type]
+                    request_id,
+                    prompt,
+                    params,
+                    prompt_text=text,
+                    lora_request=lora,  # type: ignore[arg-type]
                 )
             except QueueFullError:
                 if not self.engine.has_unfinished_requests():

@@ -89,7 +89,9 @@ class ModelRunner:
                 rows.append(query_start + count - 1)
         self.cache.begin_step(torch.cat(slot_mapping), slices)
         if self.adapters is not None:
-            self.adapters.set_token_slots([item.seq.lora_slot for item in batch for _ in range(item.num_tokens)])
+            self.adapters.set_token_slots(
+                [item.seq.lora_slot for item in batch for _ in range(item.num_tokens)]
+            )
         logits = self.model(
             torch.tensor(tokens, device=self.device),
             torch.tensor(positions, device=self.device),

@@ -22,6 +22,7 @@ from mistral_nemo.entrypoints.model_options import (
     size_argument,
 )
 from mistral_nemo.entrypoints.remote_chat import API_KEY_ENV
+from mistral_nemo.entrypoints.serve_lora import add_lora_arguments, split_lora_arguments
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
 
@@ -35,7 +36,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="serve the model over an OpenAI- and Mistral-compatible HTTP API",
         description="Serve a model at /v1/chat/completions, /v1/completions, /v1/models, /metrics ...",
     )
-    add_model_argument(parser)
+    add_model_argument(parser, lora=False)
+    add_lora_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
@@ -89,8 +91,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return engine_config_from_args(args, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+def engine_config(args: argparse.Namespace, num_loras: int = 0) -> EngineConfig:
+    config = engine_config_from_args(args, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+    if num_loras:  # every named adapter stays loaded: one slot each
+        config.enable_lora, config.max_loras = True, num_loras
+    return config
 
 
 def model_from_names(args: argparse.Namespace) -> None:
@@ -123,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         from mistral_nemo.model.loading import detect_format
 
         detect_format(Path(args.model).expanduser())  # raises "model not found", with the download hint
-    engine_limits = engine_config(args)
+    args.lora, loras = split_lora_arguments(args)  # args.lora: the one merged into the base, if any
+    engine_limits = engine_config(args, len(loras))
     server_config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -142,7 +148,12 @@ def run(args: argparse.Namespace) -> int:
         # Request fields left out take the model's sampling defaults (generation_config.json, NeMo's 0.3,
         # the embedded model's greedy), as vLLM does; a request's own field always wins.
         server_config.sampling_defaults = loaded.generation_defaults
-        return AsyncLLMEngine(LLMEngine(loaded, engine_limits))
+        engine = LLMEngine(loaded, engine_limits)
+        for lora in loras:  # read now: a bad adapter file stops the server with its name
+            if lora.lora_name == loaded.name and not args.served_model_name:
+                raise ValueError(f"--lora {lora.lora_name}=...: that is already the base model's name")
+            engine.add_lora(lora)
+        return AsyncLLMEngine(engine)
 
     def on_load_error(exc: BaseException) -> None:
         failure.append(exc)

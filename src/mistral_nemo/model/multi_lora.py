@@ -50,10 +50,7 @@ class MultiLoRALinear(nn.Module):
             a, b, scaling = adapter
             xs = flat_x if rows is None else flat_x.index_select(0, rows)
             delta = ((xs.to(a.dtype) @ a.t()) @ b.t()).mul_(scaling).to(y.dtype)
-            if rows is None:
-                flat_y = flat_y + delta
-            else:
-                flat_y = flat_y.index_add(0, rows, delta)
+            flat_y = flat_y + delta if rows is None else flat_y.index_add(0, rows, delta)
         return flat_y.reshape(y.shape)
 
     def extra_repr(self) -> str:
