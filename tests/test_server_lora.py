@@ -117,6 +117,7 @@ def test_serve_refuses_bad_adapters_by_name(files, tmp_path, capsys):
 
     assert "LoRA adapter not found: /no/such" in error("--lora", "a=/no/such")
     assert "expected NAME=PATH" in error("--lora-modules", "=x")
+    assert 'expected {"name": NAME, "path": PATH}' in error("--lora-modules", '{"name": 1}')
     assert "'a' is given twice" in error(
         "--lora", f"a={files['sql']}", "--lora-modules", f"a={files['poem']}"
     )

@@ -7,6 +7,7 @@ A `--lora PATH` without `NAME=` keeps its meaning in the other commands: merged 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mistral_nemo.engine.lora_request import LoRARequest
@@ -28,7 +29,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="NAME=PATH",
-        help="vLLM's spelling of --lora NAME=PATH (several after one flag)",
+        help="vLLM's spelling of --lora NAME=PATH (several after one flag; vLLM's JSON form "
+        '\'{"name": NAME, "path": PATH}\' too)',
     )
 
 
@@ -40,7 +42,7 @@ def split_lora_arguments(args: argparse.Namespace) -> tuple[str | None, list[LoR
     """
     merged: list[str] = []
     named: dict[str, str] = {}
-    for value in [*args.lora, *args.lora_modules]:
+    for value in [*args.lora, *[_from_json(v) for v in args.lora_modules]]:
         name, sep, path = value.partition("=")
         if not sep:
             merged.append(value)
@@ -60,3 +62,17 @@ def split_lora_arguments(args: argparse.Namespace) -> tuple[str | None, list[LoR
         )
     requests = [LoRARequest(name, i, path) for i, (name, path) in enumerate(named.items(), start=1)]
     return (merged[0] if merged else None), requests
+
+
+def _from_json(value: str) -> str:
+    """vLLM's `--lora-modules '{"name": "sql", "path": "/adapters/sql"}'` as NAME=PATH."""
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        module = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--lora-modules {value!r}: not JSON ({exc})") from None
+    unknown = sorted(set(module) - {"name", "path", "base_model_name"})
+    if unknown or not isinstance(module.get("name"), str) or not isinstance(module.get("path"), str):
+        raise ValueError(f'--lora-modules {value!r}: expected {{"name": NAME, "path": PATH}}')
+    return f"{module['name']}={module['path']}"
