@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from mistral_nemo.engine.lora_request import LoRARequest
-from mistral_nemo.entrypoints.server.config import NEMO_ALIASES
 
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +39,9 @@ def split_lora_arguments(args: argparse.Namespace) -> tuple[str | None, list[LoR
     Checks what can be checked before loading: NAME=PATH form, paths that exist, names used twice or
     taken by the base model's names. The files themselves are read (and refused by name) at load.
     """
+    # Imported here: the server package pulls in fastapi and torch, and the CLI starts without them.
+    from mistral_nemo.entrypoints.server.config import NEMO_ALIASES
+
     merged: list[str] = []
     named: dict[str, str] = {}
     for value in [*args.lora, *[_from_json(v) for v in args.lora_modules]]:
