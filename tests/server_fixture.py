@@ -13,7 +13,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ import uvicorn
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
 from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.llm_engine import LLMEngine
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.entrypoints.server import ServerConfig, build_app
 from mistral_nemo.model.loading import LoadedModel, load
 
@@ -102,9 +103,15 @@ def run_uvicorn(app: Any) -> Iterator[str]:
         sock.close()
 
 
-def serve(loaded: LoadedModel, engine_config: EngineConfig, config: ServerConfig) -> Iterator[RunningServer]:
-    """Start a server, wait until /health says ready, yield it, stop it."""
-    engine = AsyncLLMEngine(LLMEngine(loaded, engine_config))
+def serve(
+    loaded: LoadedModel, engine_config: EngineConfig, config: ServerConfig, loras: Sequence[LoRARequest] = ()
+) -> Iterator[RunningServer]:
+    """Start a server, wait until /health says ready, yield it, stop it. `loras`: adapters served by
+    name, as `serve --lora NAME=PATH` loads them (needs engine_config.enable_lora)."""
+    core = LLMEngine(loaded, engine_config)
+    for lora in loras:
+        core.add_lora(lora)
+    engine = AsyncLLMEngine(core)
     with run_uvicorn(build_app(engine, config)) as base_url:
         deadline = time.monotonic() + 60
         while httpx.get(base_url + "/health", timeout=5).status_code != 200:

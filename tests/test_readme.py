@@ -35,7 +35,10 @@ NOT_HERE = {
     "examples/finetune/facts.yaml": "trains for minutes, paths relative to the repository root; "
     "test_finetune_config.py validates this example, test_finetune_train.py trains a short run",
     "runs/facts": "needs the adapter the example's training writes (test_finetune_train.py: chat --lora)",
-    "ADAPTER": "placeholders; tests/test_lora.py runs --lora, merge and export on real adapters",
+    "ADAPTER": "placeholders; tests/test_lora.py runs --lora, merge and export on real adapters, "
+    "tests/test_eval_lora.py eval --lora",
+    '"model": "sql"': "needs the adapters of the serve --lora example; tests/test_server_lora.py serves two "
+    "adapters and the base over real HTTP",
     "PEFT_DIR": "placeholders; tests/test_lora.py exports to PEFT and back",
     "--tasks mmlu": "57 subjects x 5 shots: many minutes on 2 cores; tests/test_eval*.py run the same path",
     "'.[ray]'": "installs Ray Serve; tests/test_server_replicas.py runs serve --replicas on local Ray",

@@ -11,17 +11,19 @@ if TYPE_CHECKING:
     import torch
 
     from mistral_nemo.engine.llm import LLM
+    from mistral_nemo.engine.lora_request import LoRARequest
     from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput
     from mistral_nemo.engine.sampling_params import SamplingParams
     from mistral_nemo.model.loading import LoadedModel
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__", "load"]
+__all__ = ["LLM", "CompletionOutput", "LoRARequest", "RequestOutput", "SamplingParams", "__version__", "load"]
 
 # Exported names and their modules, imported on first use so that `import mistral_nemo`
 # (and `import mistral_nemo.tokenizer`) does not pull in torch.
 _LAZY = {
     "LLM": "mistral_nemo.engine.llm",
+    "LoRARequest": "mistral_nemo.engine.lora_request",
     "SamplingParams": "mistral_nemo.engine.sampling_params",
     "RequestOutput": "mistral_nemo.engine.outputs",
     "CompletionOutput": "mistral_nemo.engine.outputs",

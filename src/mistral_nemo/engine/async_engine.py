@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from mistral_nemo.engine.info import EngineInfo
 from mistral_nemo.engine.llm_engine import EngineStats, LLMEngine
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.tokenizer import Tokenizer
@@ -37,6 +38,7 @@ class _Add:
     params: SamplingParams
     prompt_text: str | None
     accepted: asyncio.Future[None]
+    lora_request: LoRARequest | None = None
 
 
 class AsyncLLMEngine:
@@ -95,6 +97,7 @@ class AsyncLLMEngine:
         params: SamplingParams,
         request_id: str | None = None,
         prompt_text: str | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Queue a request and return its stream of outputs (one per step it moved in).
 
@@ -111,7 +114,7 @@ class AsyncLLMEngine:
         accepted: asyncio.Future[None] = self._loop.create_future()
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._streams[request_id] = stream
-        self._inbox.put(_Add(request_id, prompt, params, prompt_text, accepted))
+        self._inbox.put(_Add(request_id, prompt, params, prompt_text, accepted, lora_request))
         self._wakeup.set()
         try:
             await accepted
@@ -177,7 +180,11 @@ class AsyncLLMEngine:
                 continue
             try:
                 self.engine.add_request(
-                    item.request_id, item.prompt, item.params, prompt_text=item.prompt_text
+                    item.request_id,
+                    item.prompt,
+                    item.params,
+                    prompt_text=item.prompt_text,
+                    lora_request=item.lora_request,
                 )
             except Exception as exc:
                 self._settle(item.accepted, exc)

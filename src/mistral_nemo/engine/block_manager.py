@@ -47,12 +47,16 @@ class BlockManager:
 
     # ---- admission: prefix-cache lookup --------------------------------------------------------
 
-    def cached_prefix(self, token_ids: Seq[int]) -> list[int]:
-        """Blocks holding the longest cached prefix (whole blocks, always leaving one token to compute)."""
+    def cached_prefix(self, token_ids: Seq[int], salt: int = 0) -> list[int]:
+        """Blocks holding the longest cached prefix (whole blocks, always leaving one token to compute).
+
+        `salt` seeds the hash chain: blocks computed under a LoRA adapter (its salt) never match the
+        base model's (salt 0) or another adapter's, even for equal tokens.
+        """
         if not self.enable_prefix_caching:
             return []
         blocks: list[int] = []
-        previous = 0
+        previous = salt
         for start in range(0, len(token_ids) - 1 - self.block_size + 1, self.block_size):
             tokens = tuple(token_ids[start : start + self.block_size])
             previous = hash((previous, tokens))
@@ -98,7 +102,7 @@ class BlockManager:
         hashes = self._seq_hashes.setdefault(seq.seq_id, [])
         full = min(seq.num_computed, len(seq)) // self.block_size
         tokens = seq.all_ids
-        previous = hashes[-1] if hashes else 0
+        previous = hashes[-1] if hashes else seq.cache_salt
         for index in range(len(hashes), full):
             block_tokens = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
             previous = hash((previous, block_tokens))

@@ -18,9 +18,18 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's context
     max_queue: int = 1024  # waiting sequences before new requests are refused as overloaded
     enable_prefix_caching: bool = True
+    enable_lora: bool = False  # requests may name a LoRA adapter (LoRARequest), several in one batch
+    max_loras: int = 1  # adapters held at once when enable_lora (the least recently used idle one goes)
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "kv_cache_memory", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
+        for name in (
+            "block_size",
+            "kv_cache_memory",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_queue",
+            "max_loras",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 

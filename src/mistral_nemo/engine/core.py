@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mistral_nemo.engine.adapters import AdapterRegistry
 from mistral_nemo.engine.block_manager import BlockManager
 from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.constraints import DecodingConstraint, apply_constraints
 from mistral_nemo.engine.errors import RequestError
 from mistral_nemo.engine.info import EngineInfo
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.engine.model_runner import ModelRunner
 from mistral_nemo.engine.outputs import TokenLogprob
 from mistral_nemo.engine.paged_cache import PagedKVCache
@@ -34,6 +36,7 @@ from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.engine.scheduler import Scheduler
 from mistral_nemo.engine.sequence import FinishReason, Sequence
 from mistral_nemo.model.loading import LoadedModel
+from mistral_nemo.model.multi_lora import AdapterSlots
 
 if TYPE_CHECKING:
     from mistral_nemo.engine.structured_output import GrammarCompiler
@@ -81,6 +84,7 @@ class CoreRequest:
     params: SamplingParams
     seqs: list[SeqDecoding]
     arrival: float = field(default_factory=time.monotonic)
+    lora_int_id: int | None = None  # the adapter it holds a use of (released when it is forgotten)
 
     @property
     def finished(self) -> bool:
@@ -106,7 +110,10 @@ class EngineCore:
         num_blocks = self.config.num_blocks or max(1, min(budget, usable))
         self.blocks = BlockManager(num_blocks, block_size, self.config.enable_prefix_caching)
         self.cache = PagedKVCache(loaded.args, num_blocks, block_size, model.dtype, model.device)
-        self.runner = ModelRunner(model, self.cache)
+        # enable_lora wraps the model's target linears in place (model/multi_lora.py): per-token adapters.
+        slots = AdapterSlots(model, self.config.max_loras) if self.config.enable_lora else None
+        self.adapters = AdapterRegistry(slots, loaded.args) if slots is not None else None
+        self.runner = ModelRunner(model, self.cache, slots)
         self.scheduler = Scheduler(
             self.blocks,
             self.max_model_len,
@@ -135,8 +142,15 @@ class EngineCore:
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. Raises RequestError / ContextLengthError / NeverFitsError / QueueFullError."""
+    def add_request(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        lora_request: LoRARequest | None = None,
+    ) -> None:
+        """Queue a request. Raises RequestError / ContextLengthError / NeverFitsError / QueueFullError
+        (and LoraError for an adapter file that cannot be read)."""
         self.check_request_id(request_id)
         vocab = self.vocab_size
         bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
@@ -158,7 +172,13 @@ class EngineCore:
         seqs = [self._new_seq(request_id, prompt_ids, params, i) for i in range(params.n)]
         for s in seqs[1:]:
             s.seq.first_sibling = seqs[0].seq
-        self.requests[request_id] = CoreRequest(request_id, params, seqs)
+        request = CoreRequest(request_id, params, seqs)
+        if lora_request is not None:  # last: nothing below raises, so the adapter's use is always released
+            adapter = self._adapter_registry().acquire(lora_request)
+            request.lora_int_id = lora_request.lora_int_id
+            for s in seqs:
+                s.seq.lora_slot, s.seq.cache_salt = adapter.slot, adapter.cache_salt
+        self.requests[request_id] = request
         for s in seqs:
             self.by_seq_id[s.seq.seq_id] = s
             self.scheduler.add(s.seq)
@@ -187,6 +207,29 @@ class EngineCore:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
+
+    # ---- LoRA adapters (vLLM's names) ----------------------------------------------------------
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter ahead of its requests (raises LoraError naming a bad file)."""
+        self._adapter_registry().add(lora_request)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Unload an adapter no unfinished request uses; False if unknown or in use."""
+        return self.adapters is not None and self.adapters.remove(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        return {lora.lora_int_id for lora in self.lora_requests()}
+
+    def lora_requests(self) -> list[LoRARequest]:
+        """The adapters loaded now, least recently used first."""
+        return self.adapters.list() if self.adapters is not None else []
+
+    def _adapter_registry(self) -> AdapterRegistry:
+        if self.adapters is None:
+            raise RequestError("this engine serves no LoRA adapters: create it with enable_lora=True")
+        return self.adapters
 
     @property
     def capacity_tokens(self) -> int:
@@ -288,6 +331,8 @@ class EngineCore:
 
     def _forget(self, request: CoreRequest) -> None:
         del self.requests[request.request_id]
+        if request.lora_int_id is not None and self.adapters is not None:
+            self.adapters.release(request.lora_int_id)
         for s in request.seqs:
             self.by_seq_id.pop(s.seq.seq_id, None)
 

@@ -22,6 +22,7 @@ import torch
 from mistral_nemo.engine.config import EngineConfig, parse_size
 from mistral_nemo.engine.errors import QueueFullError
 from mistral_nemo.engine.llm_engine import LLMEngine
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
@@ -31,7 +32,9 @@ from mistral_nemo.tokenizer.tool_parser import parse_tool_calls
 # text, token ids, or a dict {"prompt": text} / {"prompt_token_ids": ids} (vLLM's TextPrompt / TokensPrompt)
 Prompt = str | Sequence[int] | Mapping[str, Any]
 Message = Mapping[str, Any]
-_Pending = tuple[str, Prompt, SamplingParams]  # request id, prompt, params: not yet in the engine
+# request id, prompt, params, adapter: not yet in the engine
+_Pending = tuple[str, Prompt, SamplingParams, LoRARequest | None]
+LoRAArg = LoRARequest | Sequence[LoRARequest | None] | None  # one for all prompts, or one per prompt
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
@@ -115,9 +118,14 @@ class LLM:
         use_tqdm: bool = True,
         *,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora_request: LoRAArg = None,
     ) -> list[RequestOutput]:
-        """One finished RequestOutput per prompt, in input order. A list of ints is one prompt of ids."""
-        return self._run(_as_prompt_list(prompts), params or sampling_params, use_tqdm)
+        """One finished RequestOutput per prompt, in input order. A list of ints is one prompt of ids.
+
+        `lora_request` (needs LLM(..., enable_lora=True)): the adapter of every prompt, or a list with one
+        per prompt (None: the base model); prompts on different adapters run in the same batches.
+        """
+        return self._run(_as_prompt_list(prompts), params or sampling_params, use_tqdm, lora_request)
 
     def chat(
         self,
@@ -130,6 +138,7 @@ class LLM:
         tool_choice: str | Mapping[str, Any] = "auto",
         response_format: Mapping[str, Any] | None = None,
         parallel_tool_calls: bool = True,
+        lora_request: LoRAArg = None,
     ) -> list[RequestOutput]:
         """One conversation (a list of message dicts) or a list of them, in the model's chat format.
 
@@ -150,7 +159,7 @@ class LLM:
         ]
         params = self._chat_params(params or sampling_params, tool_list, tool_choice, response_format,
                                    parallel_tool_calls)  # fmt: skip
-        results = self._run(prompts, params, use_tqdm)
+        results = self._run(prompts, params, use_tqdm, lora_request)
         for result in results:
             for out in result.outputs:
                 out.text, out.tool_calls = split_tool_calls(tokenizer, out.token_ids, out.text)
@@ -197,6 +206,7 @@ class LLM:
         prompts: list[Prompt],
         params: SamplingParams | Sequence[SamplingParams] | None,
         use_tqdm: bool,
+        lora_request: LoRAArg = None,
     ) -> list[RequestOutput]:
         if params is None:  # the model's own sampling settings (generation_config.json, NeMo's 0.3, ...)
             params = SamplingParams(**self.loaded.generation_defaults.sampling_fields())
@@ -206,9 +216,15 @@ class LLM:
             per_prompt = list(params)
             if len(per_prompt) != len(prompts):
                 raise ValueError(f"{len(per_prompt)} sampling params for {len(prompts)} prompts")
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            loras = [lora_request] * len(prompts)
+        else:
+            loras = list(lora_request)
+            if len(loras) != len(prompts):
+                raise ValueError(f"{len(loras)} lora requests for {len(prompts)} prompts")
         ids = [f"llm-{next(self._ids)}" for _ in prompts]
-        pending: list[_Pending] = list(zip(ids, prompts, per_prompt, strict=True))
-        for _, prompt, _ in pending:  # refuse bad input before anything runs
+        pending: list[_Pending] = list(zip(ids, prompts, per_prompt, loras, strict=True))
+        for _, prompt, _, _ in pending:  # refuse bad input before anything runs
             _check_prompt(prompt)
         results: dict[str, RequestOutput] = {}
         mine = set(ids)
@@ -230,14 +246,20 @@ class LLM:
 
     def _submit(self, pending: list[_Pending]) -> list[_Pending]:
         """Queue as many requests as the engine takes now; return the rest."""
-        for k, (request_id, prompt, params) in enumerate(pending):
+        for k, (request_id, prompt, params, lora) in enumerate(pending):
             if isinstance(prompt, Mapping):
                 text = prompt.get("prompt")
                 prompt = prompt.get("prompt_token_ids", text)
             else:
                 text = prompt if isinstance(prompt, str) else None
             try:
-                self.engine.add_request(request_id, prompt, params, prompt_text=text)  # type: ignore[arg-type]
+                self.engine.add_request(
+                    request_id,
+                    prompt,
+                    params,
+                    prompt_text=text,
+                    lora_request=lora,  # type: ignore[arg-type]
+                )
             except QueueFullError:
                 if not self.engine.has_unfinished_requests():
                     raise

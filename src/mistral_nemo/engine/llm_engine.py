@@ -13,6 +13,7 @@ from mistral_nemo.engine.block_manager import BlockManager
 from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.core import EngineCore, EngineStats
 from mistral_nemo.engine.info import EngineInfo
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.engine.model_runner import ModelRunner
 from mistral_nemo.engine.output_processor import OutputProcessor
 from mistral_nemo.engine.outputs import RequestOutput
@@ -82,7 +83,12 @@ class LLMEngine:
     # ---- requests ------------------------------------------------------------------------------
 
     def add_request(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams, prompt_text: str | None = None
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        prompt_text: str | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queue a request. Raises RequestError / ContextLengthError / NeverFitsError / QueueFullError."""
         self.core.check_request_id(request_id)
@@ -90,7 +96,7 @@ class LLMEngine:
             prompt_text, prompt_ids = prompt, self.tokenizer.encode(prompt, bos=self.tokenizer.add_bos)
         else:
             prompt_ids = [int(t) for t in prompt]
-        self.core.add_request(request_id, prompt_ids, params)
+        self.core.add_request(request_id, prompt_ids, params, lora_request)
         self.processor.add_request(request_id, prompt_ids, params, prompt_text)
 
     def abort_request(self, request_id: str) -> bool:
@@ -100,6 +106,23 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.processor.has_unfinished_requests()
+
+    # ---- LoRA adapters (enable_lora=True; vLLM's names) ----------------------------------------
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter ahead of its requests (raises LoraError naming a bad file)."""
+        return self.core.add_lora(lora_request)
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Unload an adapter no unfinished request uses; False if unknown or in use."""
+        return self.core.remove_lora(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        return self.core.list_loras()
+
+    def lora_requests(self) -> list[LoRARequest]:
+        """The adapters loaded now, least recently used first (the server lists them as models)."""
+        return self.core.lora_requests()
 
     def request_ids(self) -> list[str]:
         return self.processor.request_ids()

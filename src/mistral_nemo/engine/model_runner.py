@@ -8,6 +8,7 @@ import torch
 
 from mistral_nemo.engine.paged_cache import PagedKVCache, SeqSlice
 from mistral_nemo.engine.scheduler import ScheduledSeq
+from mistral_nemo.model.multi_lora import AdapterSlots
 from mistral_nemo.model.transformer import Transformer
 
 
@@ -28,10 +29,11 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: PagedKVCache) -> None:
+    def __init__(self, model: Transformer, cache: PagedKVCache, adapters: AdapterSlots | None = None) -> None:
         self.model = model
         self.cache = cache
         self.device = model.device
+        self.adapters = adapters  # LoRA adapters chosen per token (each sequence's lora_slot), if enabled
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> StepLogits:
@@ -54,6 +56,8 @@ class ModelRunner:
             tables.append(seq.block_table)
             lens.append(position + 1)
         self.cache.begin_decode(write_slots, tables, lens)
+        if self.adapters is not None:
+            self.adapters.set_token_slots([item.seq.lora_slot for item in batch])
         logits = self.model(
             torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device), self.cache
         ).float()
@@ -84,6 +88,10 @@ class ModelRunner:
                 wants.append((seq.seq_id, "next", len(rows), 1))
                 rows.append(query_start + count - 1)
         self.cache.begin_step(torch.cat(slot_mapping), slices)
+        if self.adapters is not None:
+            self.adapters.set_token_slots(
+                [item.seq.lora_slot for item in batch for _ in range(item.num_tokens)]
+            )
         logits = self.model(
             torch.tensor(tokens, device=self.device),
             torch.tensor(positions, device=self.device),

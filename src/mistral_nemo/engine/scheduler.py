@@ -101,7 +101,7 @@ class Scheduler:
                 skipped.append(seq)  # wait to share its prompt blocks through the prefix cache
                 continue
             use_cache = seq.params.prompt_logprobs is None  # cached rows have no logits to report
-            cached = self.blocks.cached_prefix(seq.all_ids) if use_cache else []
+            cached = self.blocks.cached_prefix(seq.all_ids, seq.cache_salt) if use_cache else []
             start = len(cached) * self.blocks.block_size
             count = min(len(seq) - start, budget)
             if not self.blocks.can_admit(cached, start + count):

@@ -41,6 +41,8 @@ class Sequence:
     num_computed: int = 0  # tokens whose KV is in the cache (prefix-cache hits included)
     num_cached_prompt: int = 0  # prompt tokens served by the prefix cache at admission
     finish_reason: FinishReason | None = None
+    lora_slot: int = 0  # the model's adapter slot its tokens run with (0: the base model)
+    cache_salt: int = 0  # prefix-cache seed: blocks are shared only between equal salts (same adapter)
     generator: torch.Generator | None = None
     # For n > 1: the request's first sample; the others start once it has read the prompt,
     # so they find the prompt's blocks in the prefix cache instead of recomputing them.

@@ -134,6 +134,7 @@ def _refuse_model_flags(args: argparse.Namespace) -> None:
             ("--quantization", args.quantization != "auto"),
             ("--dtype", args.dtype),
             ("--device", args.device),
+            ("--lora", args.lora),
             ("--kv-cache-memory", args.kv_cache_memory),
             ("--max-model-len", args.max_model_len),
         )

@@ -41,7 +41,9 @@ SAMPLING_FLAGS = (
 )
 
 
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
+def add_model_argument(parser: argparse.ArgumentParser, lora: bool = True) -> None:
+    """MODEL, --dtype, --device, --quantization, --threads and (unless lora=False: `serve` has its own)
+    --lora PATH."""
     parser.add_argument(
         "model",
         nargs="?",
@@ -64,12 +66,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU threads for the model (torch and numba; default: torch's choice, one per core)",
     )
-    parser.add_argument(
-        "--lora",
-        metavar="PATH",
-        help="a LoRA adapter applied on load: mistral-finetune's lora.safetensors (or its checkpoint folder) "
-        "or a PEFT folder",
-    )
+    if lora:
+        parser.add_argument(
+            "--lora",
+            metavar="PATH",
+            help="a LoRA adapter applied on load: mistral-finetune's lora.safetensors (or its checkpoint "
+            "folder) or a PEFT folder",
+        )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

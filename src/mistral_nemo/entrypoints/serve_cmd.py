@@ -23,6 +23,7 @@ from mistral_nemo.entrypoints.model_options import (
     size_argument,
 )
 from mistral_nemo.entrypoints.remote_chat import API_KEY_ENV
+from mistral_nemo.entrypoints.serve_lora import add_lora_arguments, split_lora_arguments
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
 
@@ -39,7 +40,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="serve the model over an OpenAI- and Mistral-compatible HTTP API",
         description="Serve a model at /v1/chat/completions, /v1/completions, /v1/models, /metrics ...",
     )
-    add_model_argument(parser)
+    add_model_argument(parser, lora=False)
+    add_lora_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
@@ -107,7 +109,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return engine_config_from_args(args, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+    config = engine_config_from_args(args, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+    num_loras = len(getattr(args, "lora_requests", ()))  # set by check_args
+    if num_loras:  # every named adapter stays loaded: one slot each
+        config.enable_lora, config.max_loras = True, num_loras
+    return config
 
 
 def model_from_names(args: argparse.Namespace) -> None:
@@ -149,6 +155,8 @@ def check_args(args: argparse.Namespace) -> None:
         from mistral_nemo.model.loading import detect_format
 
         detect_format(Path(args.model).expanduser())  # raises "model not found", with the download hint
+    # args.lora: the one adapter merged into the base, if any; args.lora_requests: those served by name
+    args.lora, args.lora_requests = split_lora_arguments(args)
 
 
 def server_app(
@@ -168,7 +176,13 @@ def server_app(
         # Request fields left out take the model's sampling defaults (generation_config.json, NeMo's 0.3,
         # the embedded model's greedy), as vLLM does; a request's own field always wins.
         config.sampling_defaults = loaded.generation_defaults
-        return AsyncLLMEngine(LLMEngine(loaded, engine_limits))
+        engine = LLMEngine(loaded, engine_limits)
+        # Adapters are read now: a bad adapter file stops the server with its name.
+        for lora in getattr(args, "lora_requests", ()):
+            if lora.lora_name == loaded.name and not args.served_model_name:
+                raise ValueError(f"--lora {lora.lora_name}=...: that is already the base model's name")
+            engine.add_lora(lora)
+        return AsyncLLMEngine(engine)
 
     return build_app(build_engine, config, on_load_error=on_load_error)
 

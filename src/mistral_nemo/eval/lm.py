@@ -1,7 +1,8 @@
 """MistralNemoLM: lm-eval's model interface on this project's engine (the public `LLM` API).
 
 Registered in lm-eval as `mistral-nemo`, so `lm_eval.simple_evaluate(model="mistral-nemo",
-model_args="pretrained=PATH,quantization=none")` works once `mistral_nemo.eval` is imported.
+model_args="pretrained=PATH,quantization=none")` works once `mistral_nemo.eval` is imported
+(`lora=ADAPTER` in model_args evaluates the model with a LoRA adapter, as `eval --lora` does).
 Tokenization follows lm-eval's `hf` backend: the tokenizer's own BOS default (a Mistral model's
 `<s>`; none for SmolLM2), no second BOS when the text already starts with it, and BOS (else EOS) as
 the context of an empty-context request. Loglikelihoods come from the engine's prompt logprobs
@@ -45,6 +46,7 @@ class MistralNemoLM(TemplateLM):
         quantization: str = "auto",
         dtype: str | None = None,
         device: str | None = None,
+        lora: str | None = None,
         add_bos_token: bool | None = None,
         max_gen_toks: int = 256,
         batch_size: int | str = CHUNK,
@@ -55,7 +57,9 @@ class MistralNemoLM(TemplateLM):
         self.llm = (
             llm
             if llm is not None
-            else LLM(pretrained, quantization=quantization, dtype=dtype, device=device, **engine_options)
+            else LLM(
+                pretrained, quantization=quantization, dtype=dtype, device=device, lora=lora, **engine_options
+            )
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.add_bos_token = self.tokenizer.add_bos if add_bos_token is None else bool(add_bos_token)

@@ -87,7 +87,7 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, scaling={self.scaling}"
 
 
-def _targets(model: Transformer) -> Iterator[tuple[str, nn.Module, str]]:
+def target_linears(model: Transformer) -> Iterator[tuple[str, nn.Module, str]]:
     """(our name prefix, parent module, child name) of every LoRA target linear."""
     for i, block in enumerate(model.layers):
         for name in LORA_TARGETS:
@@ -98,7 +98,7 @@ def _targets(model: Transformer) -> Iterator[tuple[str, nn.Module, str]]:
 def add_lora(model: Transformer, rank: int, scaling: float = DEFAULT_SCALING, dropout: float = 0.0) -> None:
     """Wrap every target linear in a fresh LoRALinear (B = 0: the model's outputs are unchanged)."""
     model.requires_grad_(False)
-    for _, parent, name in _targets(model):
+    for _, parent, name in target_linears(model):
         base = getattr(parent, name)
         if isinstance(base, LoRALinear):
             raise LoraError("the model already has LoRA layers")
@@ -107,7 +107,7 @@ def add_lora(model: Transformer, rank: int, scaling: float = DEFAULT_SCALING, dr
 
 
 def lora_layers(model: Transformer) -> Iterator[tuple[str, LoRALinear]]:
-    for prefix, parent, name in _targets(model):
+    for prefix, parent, name in target_linears(model):
         layer = getattr(parent, name)
         if isinstance(layer, LoRALinear):
             yield prefix, layer
@@ -143,11 +143,11 @@ def lora_state_dict(model: Transformer, dtype: torch.dtype = torch.float32) -> d
     return state
 
 
-def _checked_pairs(
+def adapter_pairs(
     model: Transformer, tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{target prefix: (A, B in our row layout)}; every key must be a known target's A or B."""
-    known = {prefix: getattr(parent, name) for prefix, parent, name in _targets(model)}
+    known = {prefix: getattr(parent, name) for prefix, parent, name in target_linears(model)}
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key in tensors:
         prefix, _, suffix = key.rpartition(".lora_")
@@ -180,7 +180,7 @@ def _checked_pairs(
 def load_lora_state_dict(model: Transformer, tensors: Mapping[str, torch.Tensor]) -> None:
     """Copy an adapter (mistral-finetune names and layout) into the model's LoRALinear layers."""
     layers = dict(lora_layers(model))
-    for prefix, (a, b) in _checked_pairs(model, tensors).items():
+    for prefix, (a, b) in adapter_pairs(model, tensors).items():
         layer = layers.get(prefix)
         if layer is None or layer.rank != a.shape[0]:
             raise LoraError(
@@ -204,8 +204,8 @@ def apply_adapter(
     cannot take it without re-quantizing, so they keep the adapter beside them (a LoRALinear).
     """
     merged = unmerged = 0
-    parents = {prefix: (parent, name) for prefix, parent, name in _targets(model)}
-    for prefix, (a, b) in _checked_pairs(model, tensors).items():
+    parents = {prefix: (parent, name) for prefix, parent, name in target_linears(model)}
+    for prefix, (a, b) in adapter_pairs(model, tensors).items():
         parent, name = parents[prefix]
         base = getattr(parent, name)
         if isinstance(base, LoRALinear):

@@ -205,7 +205,8 @@ async def create_chat_completion(request: Request) -> Response:
     ]
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     timer = state.metrics.timer()
-    stream = await engine.generate(prompt.ids, params, request_id=request_id)
+    lora = state.lora_request(model)
+    stream = await engine.generate(prompt.ids, params, request_id=request_id, lora_request=lora)
     head = {"id": request_id, "created": int(time.time()), "model": model}
     if body.stream:
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput
 from mistral_nemo.entrypoints.server.chat import STRUCTURED_OUTPUT_FIELDS
 from mistral_nemo.entrypoints.server.chat_output import openai_finish_reason
@@ -130,7 +131,7 @@ async def create_completion(request: Request) -> Response:
         for p in prompts
     ]
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    jobs = await _start(engine, state, prompts, params, request_id)
+    jobs = await _start(engine, state, prompts, params, request_id, state.lora_request(model))
     head = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model}
     view = _View(engine.tokenizer, body, score_only)
 
@@ -153,14 +154,21 @@ async def create_completion(request: Request) -> Response:
 
 
 async def _start(
-    engine: AsyncLLMEngine, state: ServerState, prompts: list[Prompt], params: list[Any], request_id: str
+    engine: AsyncLLMEngine,
+    state: ServerState,
+    prompts: list[Prompt],
+    params: list[Any],
+    request_id: str,
+    lora: LoRARequest | None,
 ) -> list[Job]:
     jobs: list[Job] = []
     try:
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             rid = f"{request_id}-{i}"
             timer = state.metrics.timer()
-            stream = await engine.generate(prompt.ids, p, request_id=rid, prompt_text=prompt.text)
+            stream = await engine.generate(
+                prompt.ids, p, request_id=rid, prompt_text=prompt.text, lora_request=lora
+            )
             jobs.append(Job(i, prompt, rid, stream, timer))
     except BaseException:
         for job in jobs:  # one prompt refused: drop the ones already queued

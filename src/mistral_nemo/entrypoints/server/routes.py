@@ -17,8 +17,11 @@ router = APIRouter()
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:
     """OpenAI's model object plus the fields of La Plateforme's card (the mistralai SDK requires
-    `type` and `capabilities`); vLLM's `root` / `max_model_len` too."""
+    `type` and `capabilities`); vLLM's `root` / `parent` / `max_model_len` too. A LoRA adapter is a
+    model of its own, as in vLLM: `root` is its path and `parent` the base model's name."""
     tekken = is_tekken(state.tokenizer)
+    lora = state.lora_request(name)
+    base = state.model_names[0]
     return {
         "id": name,
         "object": "model",
@@ -26,19 +29,21 @@ def _model_card(state: ServerState, name: str) -> dict[str, Any]:
         "owned_by": "mistral-nemo",
         "type": "base",
         "name": name,
-        "description": f"{state.model_names[0]} served by mistral-nemo {__version__}",
+        "description": f"{base} served by mistral-nemo {__version__}"
+        + (f" with the LoRA adapter {lora.path}" if lora else ""),
         "capabilities": {
             "completion_chat": True,
             "function_calling": tekken,  # tool calls are parsed for the Mistral chat format
             "completion_fim": False,
-            "fine_tuning": False,
+            "fine_tuning": lora is not None,
             "vision": False,
             "classification": False,
         },
         "max_context_length": state.max_model_len,
-        "aliases": [other for other in state.model_names if other != name],
+        "aliases": [] if lora else [other for other in state.base_names if other != name],
         "deprecation": None,
-        "root": state.model_names[0],
+        "root": lora.path if lora else base,
+        "parent": base if lora else None,
         "max_model_len": state.max_model_len,
     }
 

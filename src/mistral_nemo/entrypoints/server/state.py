@@ -13,6 +13,7 @@ from fastapi import Request
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
 from mistral_nemo.engine.info import EngineInfo
 from mistral_nemo.engine.llm_engine import EngineStats
+from mistral_nemo.engine.lora_request import LoRARequest
 from mistral_nemo.entrypoints.server.config import NEMO_ALIASES, ServerConfig
 from mistral_nemo.entrypoints.server.errors import APIError
 from mistral_nemo.entrypoints.server.metrics import ServerMetrics
@@ -26,7 +27,8 @@ class ServerState:
         self.config = config
         self.engine: AsyncLLMEngine | None = None
         self.load_error: str | None = None
-        self.model_names: list[str] = []
+        self.model_names: list[str] = []  # the base model's names, then each adapter's
+        self.adapters: dict[str, LoRARequest] = {}  # served adapter name -> its LoRARequest
         self.created = int(time.time())
         self.metrics = ServerMetrics(self._stats)
         self._cache: dict[str, Any] = {}  # per-model helpers built on first use (grammar compiler)
@@ -47,7 +49,9 @@ class ServerState:
         names = list(self.config.served_model_names) or [engine.info.model_name]
         if self.config.add_nemo_aliases and is_tekken(engine.tokenizer):
             names += NEMO_ALIASES
-        self.model_names = list(dict.fromkeys(names))  # unique, in order
+        # Adapters loaded into the engine before serving (`serve --lora NAME=PATH`), each its own model.
+        self.adapters = {lora.lora_name: lora for lora in engine.engine.lora_requests()}
+        self.model_names = list(dict.fromkeys(names + list(self.adapters)))  # unique, in order
         self.engine = engine
 
     async def drain(self, grace: float) -> None:
@@ -84,6 +88,14 @@ class ServerState:
                 code="model_not_found",
             )
         return requested
+
+    def lora_request(self, model: str) -> LoRARequest | None:
+        """The adapter a resolved model name runs with (None: the base model)."""
+        return self.adapters.get(model)
+
+    @property
+    def base_names(self) -> list[str]:
+        return [name for name in self.model_names if name not in self.adapters]
 
     @property
     def tokenizer(self) -> Any:
