@@ -32,12 +32,11 @@ import numpy as np
 from numba import njit, prange
 
 from mistral_nemo.model.quant.simd import (
-    i8_block_dots,
+    TILE,
     i8_half_block_dots,
-    i16_block_dots,
+    i8_tile_dots,
     i16_half_block_dots,
-    u4_block_dots,
-    u4_widen,
+    u4_tile_dots,
 )
 
 _OPTS = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
@@ -45,6 +44,67 @@ _SERIAL = {"fastmath": True, "cache": True, "nogil": True}  # helpers: no loop o
 BLOCK = 32  # activation values per scale
 ACT_MAX = 32767  # activations are int16: |xq| <= ACT_MAX
 _ROWS_PER_TASK = 16  # weight rows per parallel task (each task reuses one scratch row of block sums)
+
+
+# numba cannot index a tuple of intrinsics at run time: one name each, and a branch per tile size.
+_I8T1, _I8T2, _I8T3, _I8T4, _I8T5, _I8T6, _I8T7, _I8T8 = i8_tile_dots
+_U4T1, _U4T2, _U4T3, _U4T4, _U4T5, _U4T6, _U4T7, _U4T8 = u4_tile_dots
+
+
+@njit(**_SERIAL)
+def _i8_tile(n, w, w_off, x, x_off, x_stride, s, out, n_blocks):  # fmt: skip
+    if n == 1:
+        _I8T1(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 2:
+        _I8T2(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 3:
+        _I8T3(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 4:
+        _I8T4(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 5:
+        _I8T5(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 6:
+        _I8T6(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 7:
+        _I8T7(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    else:
+        _I8T8(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+
+
+@njit(**_SERIAL)
+def _u4_tile(n, w, w_off, x, x_off, x_stride, s, out, n_blocks):  # fmt: skip
+    if n == 1:
+        _U4T1(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 2:
+        _U4T2(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 3:
+        _U4T3(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 4:
+        _U4T4(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 5:
+        _U4T5(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 6:
+        _U4T6(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    elif n == 7:
+        _U4T7(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+    else:
+        _U4T8(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+
+
+@njit(**_SERIAL)
+def _block_scales(xs: np.ndarray, t0: int, n: int, scale: np.ndarray, row: int, s: np.ndarray) -> None:
+    """s[j, b] = xs[t0 + j, b] * scale[row, g(b)] for the n tokens of a tile: each block's float factor."""
+    n_blocks = xs.shape[1]
+    per_group = n_blocks // scale.shape[1]
+    for j in range(n):
+        if per_group == 1:
+            for b in range(n_blocks):
+                s[j, b] = xs[t0 + j, b] * scale[row, b]
+        else:
+            for g in range(scale.shape[1]):
+                ws = scale[row, g]
+                for b in range(g * per_group, (g + 1) * per_group):
+                    s[j, b] = xs[t0 + j, b] * ws
 
 
 @njit(**_SERIAL)
@@ -99,27 +159,9 @@ def fake_quantize(x: np.ndarray) -> np.ndarray:
 
 
 @njit(**_SERIAL)
-def _scaled_sum(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
-    """sum_b scale[n, g(b)] * xs[t, b] * isum[b], g(b) the weight group of block b."""
-    n_blocks = isum.shape[0]
-    per_group = n_blocks // scale.shape[1]
-    acc = np.float32(0.0)
-    if per_group == 1:
-        for b in range(n_blocks):
-            acc += np.float32(isum[b]) * xs[t, b] * scale[n, b]
-        return acc
-    for g in range(scale.shape[1]):
-        part = np.float32(0.0)
-        base = g * per_group
-        for j in range(per_group):
-            part += np.float32(isum[base + j]) * xs[t, base + j]
-        acc += part * scale[n, g]
-    return acc
-
-
-@njit(**_SERIAL)
 def _half_scaled_sum(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
-    """As _scaled_sum for a weight scale per 16 values (Q6_K): isum holds two sums per block."""
+    """sum_b xs[t, b] * (isum[2b] scale[n, 2b] + isum[2b + 1] scale[n, 2b + 1]): a weight scale per 16
+    values (Q6_K), two int32 sums per block."""
     acc = np.float32(0.0)
     for b in range(xs.shape[1]):
         part = np.float32(isum[2 * b]) * scale[n, 2 * b] + np.float32(isum[2 * b + 1]) * scale[n, 2 * b + 1]
@@ -136,31 +178,44 @@ def _widen_int8_row(q: np.ndarray, n: int, w16: np.ndarray) -> None:
 @njit(**_OPTS)
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
     """out[T, N] = dequantized activations @ (scale * q).T; rows in parallel, every token per row.
-    Weight groups of 16 (Q6_K's) or of any multiple of 32. With several tokens each row is widened to
-    int16 once (exact, so every token gets the same sums as alone)."""
+    Weight groups of any multiple of 32: token tiles (simd.py), each row read once per TILE tokens with
+    the same float order for every token. Groups of 16 (Q6_K's): per-block int32 sums, widened once
+    per row for several tokens (exact, so every token gets the same sums as alone)."""
     n_rows, k_dim = q.shape
     n_blocks = k_dim // BLOCK
     n_tok = xq.shape[0]
-    halves = scale.shape[1] == 2 * n_blocks
+    if scale.shape[1] == 2 * n_blocks:
+        _int8_half_matmul(xq, xs, q, scale, out)
+        return
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        isum = np.empty(2 * n_blocks if halves else n_blocks, dtype=np.int32)
+        s = np.empty((TILE, n_blocks), dtype=np.float32)
+        acc = np.empty(TILE, dtype=np.float32)
+        for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            for t0 in range(0, n_tok, TILE):
+                tn = min(TILE, n_tok - t0)
+                _block_scales(xs, t0, tn, scale, n, s)
+                _i8_tile(tn, q, n * k_dim, xq, t0 * k_dim, k_dim, s, acc, n_blocks)
+                for j in range(tn):
+                    out[t0 + j, n] = acc[j]
+
+
+@njit(**_OPTS)
+def _int8_half_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    n_rows, k_dim = q.shape
+    n_blocks = k_dim // BLOCK
+    n_tok = xq.shape[0]
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        isum = np.empty(2 * n_blocks, dtype=np.int32)
         w16 = np.empty(k_dim if n_tok > 1 else 0, dtype=np.int16)
         for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
             if n_tok > 1:
                 _widen_int8_row(q, n, w16)
             for t in range(n_tok):
-                if halves:
-                    if n_tok > 1:
-                        i16_half_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
-                    else:
-                        i8_half_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
-                    out[t, n] = _half_scaled_sum(isum, xs, t, scale, n)
+                if n_tok > 1:
+                    i16_half_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
                 else:
-                    if n_tok > 1:
-                        i16_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
-                    else:
-                        i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
-                    out[t, n] = _scaled_sum(isum, xs, t, scale, n)
+                    i8_half_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
+                out[t, n] = _half_scaled_sum(isum, xs, t, scale, n)
 
 
 @njit(**_SERIAL)
@@ -191,21 +246,20 @@ def int4_matmul(
     n_blocks = row_bytes * 2 // BLOCK
     gsum = group_sums(xsum, scale.shape[1])
     n_tok = xq.shape[0]
+    k_dim = xq.shape[1]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        isum = np.empty(n_blocks, dtype=np.int32)
-        w16 = np.empty(2 * row_bytes if n_tok > 1 else 0, dtype=np.int16)
+        s = np.empty((TILE, n_blocks), dtype=np.float32)
+        acc = np.empty(TILE, dtype=np.float32)
         for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            if n_tok > 1:
-                u4_widen(packed[n], 0, w16, n_blocks)
-            for t in range(n_tok):
-                if n_tok > 1:
-                    i16_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
-                else:
-                    u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
-                acc = _scaled_sum(isum, xs, t, scale, n)
-                for g in range(scale.shape[1]):
-                    acc += zero[n, g] * gsum[t, g]
-                out[t, n] = acc
+            for t0 in range(0, n_tok, TILE):
+                tn = min(TILE, n_tok - t0)
+                _block_scales(xs, t0, tn, scale, n, s)
+                _u4_tile(tn, packed, n * row_bytes, xq, t0 * k_dim, k_dim, s, acc, n_blocks)
+                for j in range(tn):
+                    total = acc[j]
+                    for g in range(scale.shape[1]):
+                        total += zero[n, g] * gsum[t0 + j, g]
+                    out[t0 + j, n] = total
 
 
 @njit(**_OPTS)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 ISAS = ("vnni", "avx2", "generic")
@@ -252,3 +253,142 @@ def u4_widen(typingctx, w, w_off, out, n_blocks):
     if out.dtype != types.int16:
         return None
     return types.void(w, types.intp, out, types.intp), _u4_widen_codegen
+
+
+# ---- Token tiles: one weight row against up to TILE tokens, scaled and summed in float --------------
+#
+# The per-block kernels above reduce every block to one int32 sum, a transpose of shuffles per block and
+# token that cost more than the multiplies once several tokens share a row (~40 GMAC/s on 2 cores).
+# Here each block's 32 weights are loaded and widened once, multiplied with up to TILE tokens' blocks
+# held in registers, and each token's 16 lanes of pair sums are converted to float and accumulated with
+# that block's scale (weight scale x activation scale, given per token and block in `s`):
+#     acc_t += float(pairs(w_b, x_t,b)) * s[t, b]     (16 lanes; even blocks in one register, odd in another)
+# and the lanes are summed once per row. The order of every float operation depends only on the block
+# index, never on the tile or the other tokens, so a token's result is the same bits alone or in a batch.
+TILE = 8  # tokens per tile: 2 x 8 accumulators + weights + temporaries fit the 32 AVX-512 registers
+
+_F32 = ir.FloatType()
+
+
+def _host_features() -> set[str]:
+    return {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+
+
+# 512-bit vpdpwssd: AVX512-VNNI with AVX512-BW (not AVX-VNNI alone, whose registers are 256 bits).
+WIDE = ISA == "vnni" and {"avx512vnni", "avx512bw", "avx512f"} <= _host_features()
+
+
+def _pairs16(builder: ir.IRBuilder, w: ir.Value, x: ir.Value) -> ir.Value:
+    """<32 x i16> w, x -> <16 x i32>, lane j = w[2j] x[2j] + w[2j+1] x[2j+1] (exact), on every ISA."""
+    v16i32 = _vec(_I32, 16)
+    if WIDE:
+        args = [ir.Constant(v16i32, None), builder.bitcast(w, v16i32), builder.bitcast(x, v16i32)]
+        return _call(builder, "llvm.x86.avx512.vpdpwssd.512", v16i32, args)
+    halves = []
+    for h in range(2):
+        pick = _lanes(range(16 * h, 16 * h + 16))
+        halves.append(
+            _half_partial(builder, builder.shuffle_vector(w, w, pick), builder.shuffle_vector(x, x, pick))
+        )
+    return builder.shuffle_vector(halves[0], halves[1], _lanes(range(16)))
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
+    one = builder.insert_element(ir.Constant(_vec(value.type, n), None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, _lanes([0] * n))
+
+
+def _lane_sum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """Sum of 16 float lanes in a fixed tree order (halves added lane-wise, four times)."""
+    width = 8
+    while width:
+        lo = builder.shuffle_vector(v, v, _lanes(range(width)))
+        v = builder.fadd(lo, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
+        width //= 2
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _tile_dots_intrinsic(weights: str, tile: int) -> Callable:
+    weight_type, bytes_per_block = {"i8": (types.int8, 32), "u4": (types.uint8, 16)}[weights]
+
+    def codegen(context, builder, signature, args):
+        w_arr, w_off, x_arr, x_off, x_stride, s_arr, s_stride, out_arr, n_blocks = args
+
+        def data(i: int, arr: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[i])(context, builder, arr).data
+
+        w_ptr = builder.gep(data(0, w_arr), [w_off])
+        x_ptr = builder.gep(data(2, x_arr), [x_off])
+        s_ptr, out_ptr = data(5, s_arr), data(7, out_arr)
+        v16f = _vec(_F32, 16)
+        # accumulators live in allocas that LLVM promotes to registers; [parity][token]
+        accs = [[cgutils.alloca_once(builder, v16f) for _ in range(tile)] for _ in range(2)]
+        for row in accs:
+            for a in row:
+                builder.store(ir.Constant(v16f, None), a)
+
+        def load(ptr: ir.Value, at: ir.Value, elem: ir.Type, n: int) -> ir.Value:
+            return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
+
+        def block(b: ir.Value, parity: int) -> None:
+            at = builder.mul(b, ir.Constant(_I64, bytes_per_block))
+            if weights == "i8":
+                w = builder.sext(load(w_ptr, at, _I8, 32), _vec(_I16, 32))
+            else:
+                lo, hi = _unpack_nibbles_i8(builder, load(w_ptr, at, _I8, 16))
+                w = builder.zext(builder.shuffle_vector(lo, hi, _lanes(range(32))), _vec(_I16, 32))
+            xat = builder.mul(b, ir.Constant(_I64, 32))
+            for t in range(tile):
+                row = builder.add(xat, builder.mul(ir.Constant(_I64, t), x_stride))
+                pairs = _pairs16(builder, w, load(x_ptr, row, _I16, 32))
+                s_at = builder.add(b, builder.mul(ir.Constant(_I64, t), s_stride))
+                s = _splat(builder, builder.load(builder.gep(s_ptr, [s_at])), 16)
+                acc = accs[parity][t]
+                fma = _call(builder, "llvm.fma.v16f32", v16f, [builder.sitofp(pairs, v16f), s, builder.load(acc)])
+                builder.store(fma, acc)
+
+        two = ir.Constant(_I64, 2)
+
+        def pair(p: ir.Value) -> None:
+            block(builder.mul(p, two), 0)
+            block(builder.add(builder.mul(p, two), ir.Constant(_I64, 1)), 1)
+
+        pairs_count = builder.sdiv(n_blocks, two)
+        _counted_loop(builder, pairs_count, pair, "tile")
+        last = builder.mul(pairs_count, two)
+
+        def leftover(r: ir.Value) -> None:
+            block(builder.add(last, r), 0)
+
+        _counted_loop(builder, builder.sub(n_blocks, last), leftover, "tile_left")
+        for t in range(tile):
+            total = builder.fadd(builder.load(accs[0][t]), builder.load(accs[1][t]))
+            builder.store(_lane_sum(builder, total), builder.gep(out_ptr, [ir.Constant(_I64, t)]))
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, w_off, x, x_off, x_stride, s, s_stride, out, n_blocks):
+        expected = (weight_type, types.int16, types.float32, types.float32)
+        arrays = (w, x, s, out)
+        if not all(
+            isinstance(a, types.Array) and a.dtype == e and a.layout == "C"
+            for a, e in zip(arrays, expected, strict=True)
+        ):
+            return None  # numba reports the signature as unsupported
+        sig = types.void(w, types.intp, x, types.intp, types.intp, s, types.intp, out, types.intp)
+        return sig, codegen
+
+    typer.__name__ = typer.__qualname__ = f"{weights}_tile{tile}_dots"
+    return intrinsic(typer)
+
+
+def _unpack_nibbles_i8(builder: ir.IRBuilder, raw: ir.Value) -> tuple[ir.Value, ir.Value]:
+    lo = builder.and_(raw, ir.Constant(_vec(_I8, 16), [15] * 16))
+    return lo, builder.lshr(raw, ir.Constant(_vec(_I8, 16), [4] * 16))
+
+
+# i8_tile_dots[n](w, w_off, x, x_off, x_stride, s, s_stride, out, n_blocks), n = 1..TILE tokens: for
+# t < n, out[t] = sum_b s[t * s_stride + b] * dot(w[w_off + 32b : +32], x[x_off + t * x_stride + 32b : +32])
+# in the fixed float order above (C-contiguous arrays of any rank; offsets and strides in elements).
+# u4_tile_dots[n]: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w_off in bytes).
+i8_tile_dots = tuple(_tile_dots_intrinsic("i8", n) for n in range(1, TILE + 1))
+u4_tile_dots = tuple(_tile_dots_intrinsic("u4", n) for n in range(1, TILE + 1))
