@@ -32,11 +32,14 @@ import numpy as np
 from numba import njit, prange
 
 from mistral_nemo.model.quant.simd import (
+    GROUP_ROWS,
     TILE,
+    i8_block_dots,
     i8_half_block_dots,
-    i8_tile_dots,
+    i8_rows16,
     i16_half_block_dots,
-    u4_tile_dots,
+    u4_block_dots,
+    u4_rows16,
 )
 
 _OPTS = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
@@ -47,65 +50,68 @@ _ROWS_PER_TASK = 16  # weight rows per parallel task (each task reuses one scrat
 
 
 # numba cannot index a tuple of intrinsics at run time: one name each, and a branch per tile size.
-_I8T1, _I8T2, _I8T3, _I8T4, _I8T5, _I8T6, _I8T7, _I8T8 = i8_tile_dots
-_U4T1, _U4T2, _U4T3, _U4T4, _U4T5, _U4T6, _U4T7, _U4T8 = u4_tile_dots
+_I8R1, _I8R2, _I8R3, _I8R4, _I8R5, _I8R6, _I8R7, _I8R8 = i8_rows16
+_U4R1, _U4R2, _U4R3, _U4R4, _U4R5, _U4R6, _U4R7, _U4R8 = u4_rows16
 
 
 @njit(**_SERIAL)
-def _i8_tile(n, w, w_off, x, x_off, x_stride, s, out, n_blocks):  # fmt: skip
+def _i8_rows(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
     if n == 1:
-        _I8T1(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 2:
-        _I8T2(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R2(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 3:
-        _I8T3(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R3(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 4:
-        _I8T4(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R4(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 5:
-        _I8T5(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R5(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 6:
-        _I8T6(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R6(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 7:
-        _I8T7(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R7(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     else:
-        _I8T8(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _I8R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
 
 
 @njit(**_SERIAL)
-def _u4_tile(n, w, w_off, x, x_off, x_stride, s, out, n_blocks):  # fmt: skip
+def _u4_rows(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
     if n == 1:
-        _U4T1(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 2:
-        _U4T2(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R2(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 3:
-        _U4T3(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R3(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 4:
-        _U4T4(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R4(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 5:
-        _U4T5(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R5(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 6:
-        _U4T6(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R6(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 7:
-        _U4T7(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R7(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     else:
-        _U4T8(w, w_off, x, x_off, x_stride, s, n_blocks, out, n_blocks)
+        _U4R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+
+
+@njit(cache=True, nogil=True)  # no fastmath: this order of float operations is the contract
+def row_chain(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
+    """acc = acc + float(isum[b]) * (xs[t, b] * scale[n, g(b)]) over blocks b in order: what the row-group
+    kernels (simd.py) compute in their lanes, from exact per-block sums, so every path agrees bit for bit."""
+    per_group = isum.shape[0] // scale.shape[1]
+    acc = np.float32(0.0)
+    for b in range(isum.shape[0]):
+        acc = acc + np.float32(isum[b]) * (xs[t, b] * scale[n, b // per_group])
+    return acc
 
 
 @njit(**_SERIAL)
-def _block_scales(xs: np.ndarray, t0: int, n: int, scale: np.ndarray, row: int, s: np.ndarray) -> None:
-    """s[j, b] = xs[t0 + j, b] * scale[row, g(b)] for the n tokens of a tile: each block's float factor."""
-    n_blocks = xs.shape[1]
+def _column_scales(scale: np.ndarray, first: int, n_blocks: int, wsc: np.ndarray) -> None:
+    """wsc[b, r] = scale[first + r, g(b)]: a row group's weight scale per block, rows in the lanes."""
     per_group = n_blocks // scale.shape[1]
-    for j in range(n):
-        if per_group == 1:
-            for b in range(n_blocks):
-                s[j, b] = xs[t0 + j, b] * scale[row, b]
-        else:
-            for g in range(scale.shape[1]):
-                ws = scale[row, g]
-                for b in range(g * per_group, (g + 1) * per_group):
-                    s[j, b] = xs[t0 + j, b] * ws
-
+    for b in range(n_blocks):
+        for r in range(GROUP_ROWS):
+            wsc[b, r] = scale[first + r, b // per_group]
 
 @njit(**_SERIAL)
 def _quantize_token(x: np.ndarray, t: int, xq: np.ndarray, xs: np.ndarray, xsum: np.ndarray) -> None:
@@ -177,26 +183,32 @@ def _widen_int8_row(q: np.ndarray, n: int, w16: np.ndarray) -> None:
 
 @njit(**_OPTS)
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
-    """out[T, N] = dequantized activations @ (scale * q).T; rows in parallel, every token per row.
-    Weight groups of any multiple of 32: token tiles (simd.py), each row read once per TILE tokens with
-    the same float order for every token. Groups of 16 (Q6_K's): per-block int32 sums, widened once
-    per row for several tokens (exact, so every token gets the same sums as alone)."""
+    """out[T, N] = dequantized activations @ (scale * q).T. Weight groups of any multiple of 32: groups of
+    16 rows in parallel, each block of a group read once per TILE tokens (simd.py); rows left over
+    from the groups by per-block sums and row_chain, the same float chain. Groups of 16 (Q6_K's):
+    per-block sums of each half block, widened once per row for several tokens."""
     n_rows, k_dim = q.shape
     n_blocks = k_dim // BLOCK
     n_tok = xq.shape[0]
     if scale.shape[1] == 2 * n_blocks:
         _int8_half_matmul(xq, xs, q, scale, out)
         return
-    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        s = np.empty((TILE, n_blocks), dtype=np.float32)
-        acc = np.empty(TILE, dtype=np.float32)
-        for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            for t0 in range(0, n_tok, TILE):
-                tn = min(TILE, n_tok - t0)
-                _block_scales(xs, t0, tn, scale, n, s)
-                _i8_tile(tn, q, n * k_dim, xq, t0 * k_dim, k_dim, s, acc, n_blocks)
-                for j in range(tn):
-                    out[t0 + j, n] = acc[j]
+    for grp in prange(n_rows // GROUP_ROWS):
+        first = grp * GROUP_ROWS
+        wsc = np.empty((n_blocks, GROUP_ROWS), dtype=np.float32)
+        _column_scales(scale, first, n_blocks, wsc)
+        acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
+        for t0 in range(0, n_tok, TILE):
+            tn = min(TILE, n_tok - t0)
+            _i8_rows(tn, q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks)
+            for j in range(tn):
+                for r in range(GROUP_ROWS):
+                    out[t0 + j, first + r] = acc[j, r]
+    isum = np.empty(n_blocks, dtype=np.int32)
+    for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
+        for t in range(n_tok):
+            i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
+            out[t, n] = row_chain(isum, xs, t, scale, n)
 
 
 @njit(**_OPTS)
@@ -245,21 +257,31 @@ def int4_matmul(
     n_rows, row_bytes = packed.shape
     n_blocks = row_bytes * 2 // BLOCK
     gsum = group_sums(xsum, scale.shape[1])
-    n_tok = xq.shape[0]
-    k_dim = xq.shape[1]
-    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        s = np.empty((TILE, n_blocks), dtype=np.float32)
-        acc = np.empty(TILE, dtype=np.float32)
-        for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            for t0 in range(0, n_tok, TILE):
-                tn = min(TILE, n_tok - t0)
-                _block_scales(xs, t0, tn, scale, n, s)
-                _u4_tile(tn, packed, n * row_bytes, xq, t0 * k_dim, k_dim, s, acc, n_blocks)
-                for j in range(tn):
-                    total = acc[j]
-                    for g in range(scale.shape[1]):
-                        total += zero[n, g] * gsum[t0 + j, g]
-                    out[t0 + j, n] = total
+    n_tok, k_dim = xq.shape
+    for grp in prange(n_rows // GROUP_ROWS):
+        first = grp * GROUP_ROWS
+        wsc = np.empty((n_blocks, GROUP_ROWS), dtype=np.float32)
+        _column_scales(scale, first, n_blocks, wsc)
+        acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
+        for t0 in range(0, n_tok, TILE):
+            tn = min(TILE, n_tok - t0)
+            _u4_rows(tn, packed, first * row_bytes, row_bytes, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks)  # fmt: skip
+            for j in range(tn):
+                for r in range(GROUP_ROWS):
+                    out[t0 + j, first + r] = _zero_term(acc[j, r], zero, first + r, gsum, t0 + j)
+    isum = np.empty(n_blocks, dtype=np.int32)
+    for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
+        for t in range(n_tok):
+            u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
+            out[t, n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
+
+
+@njit(cache=True, nogil=True)  # no fastmath: one order for every path
+def _zero_term(total: np.float32, zero: np.ndarray, n: int, gsum: np.ndarray, t: int) -> np.float32:
+    """int4's zero term: + sum_g zero[n, g] * gsum[t, g], in group order."""
+    for g in range(zero.shape[1]):
+        total += zero[n, g] * gsum[t, g]
+    return total
 
 
 @njit(**_OPTS)

@@ -255,17 +255,21 @@ def u4_widen(typingctx, w, w_off, out, n_blocks):
     return types.void(w, types.intp, out, types.intp), _u4_widen_codegen
 
 
-# ---- Token tiles: one weight row against up to TILE tokens, scaled and summed in float --------------
+# ---- Row groups: 16 weight rows against up to TILE tokens ---------------------------------------------
 #
-# The per-block kernels above reduce every block to one int32 sum, a transpose of shuffles per block and
-# token that cost more than the multiplies once several tokens share a row (~40 GMAC/s on 2 cores).
-# Here each block's 32 weights are loaded and widened once, multiplied with up to TILE tokens' blocks
-# held in registers, and each token's 16 lanes of pair sums are converted to float and accumulated with
-# that block's scale (weight scale x activation scale, given per token and block in `s`):
-#     acc_t += float(pairs(w_b, x_t,b)) * s[t, b]     (16 lanes; even blocks in one register, odd in another)
-# and the lanes are summed once per row. The order of every float operation depends only on the block
-# index, never on the tile or the other tokens, so a token's result is the same bits alone or in a batch.
-TILE = 8  # tokens per tile: 2 x 8 accumulators + weights + temporaries fit the 32 AVX-512 registers
+# The per-block kernels above reduce every block to one int32 sum with a transpose of shuffles per block
+# and token, which costs more than the multiplies once several tokens share a row (~40 GMAC/s on 2
+# cores). Here the lanes of a register are 16 weight rows instead: a block of 16 rows (16 x 32 values)
+# is widened and transposed once into 16 registers of (row: pair j) int16 pairs, then each token's
+# block is 16 vpdpwssd with one pair of its activations broadcast, leaving each row's exact int32 block
+# sum in its lane. Per token and row the float result is then the fixed chain
+#     acc = 0; for b in blocks: acc = acc + float(isum_b) * (xs[t, b] * ws[n, b])
+# (no fused multiply-add, no reordering), which depends only on the exact integer sums: every token gets
+# the same bits alone or in a batch, and kernels.row_chain computes the same chain from the per-block
+# sums of the kernels above (rows left over from the groups of 16, and the tests' reference).
+TILE = 8  # tokens per call: 8 int32 + 8 float accumulators beside the 16 transposed weight registers
+GROUP_ROWS = 16
+CHAINS = 4  # independent vpdpwssd accumulators per token and block
 
 _F32 = ir.FloatType()
 
@@ -278,18 +282,18 @@ def _host_features() -> set[str]:
 WIDE = ISA == "vnni" and {"avx512vnni", "avx512bw", "avx512f"} <= _host_features()
 
 
-def _pairs16(builder: ir.IRBuilder, w: ir.Value, x: ir.Value) -> ir.Value:
-    """<32 x i16> w, x -> <16 x i32>, lane j = w[2j] x[2j] + w[2j+1] x[2j+1] (exact), on every ISA."""
+def _dot_acc16(builder: ir.IRBuilder, acc: ir.Value, w: ir.Value, x: ir.Value) -> ir.Value:
+    """acc <16 x i32> + pair sums of <32 x i16> w, x (lane j: w[2j] x[2j] + w[2j+1] x[2j+1]), any ISA."""
     v16i32 = _vec(_I32, 16)
     if WIDE:
-        args = [ir.Constant(v16i32, None), builder.bitcast(w, v16i32), builder.bitcast(x, v16i32)]
+        args = [acc, builder.bitcast(w, v16i32), builder.bitcast(x, v16i32)]
         return _call(builder, "llvm.x86.avx512.vpdpwssd.512", v16i32, args)
     halves = []
     for h in range(2):
         pick = _lanes(range(16 * h, 16 * h + 16))
-        halves.append(
-            _half_partial(builder, builder.shuffle_vector(w, w, pick), builder.shuffle_vector(x, x, pick))
-        )
+        part = builder.shuffle_vector(acc, acc, _lanes(range(8 * h, 8 * h + 8)))
+        wh, xh = builder.shuffle_vector(w, w, pick), builder.shuffle_vector(x, x, pick)
+        halves.append(_half_partial(builder, wh, xh, part))
     return builder.shuffle_vector(halves[0], halves[1], _lanes(range(16)))
 
 
@@ -298,97 +302,104 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
     return builder.shuffle_vector(one, one, _lanes([0] * n))
 
 
-def _lane_sum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """Sum of 16 float lanes in a fixed tree order (halves added lane-wise, four times)."""
-    width = 8
-    while width:
-        lo = builder.shuffle_vector(v, v, _lanes(range(width)))
-        v = builder.fadd(lo, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
-        width //= 2
-    return builder.extract_element(v, ir.Constant(_I32, 0))
+def _transpose16(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """16 vectors of 16 lanes, rows[r][j] -> cols[j][r]: four stages, each swapping one bit of the
+    vector index with the same bit of the lane index (16 two-source shuffles a stage)."""
+    vs = list(rows)
+    for k in range(4):
+        bit = 1 << k
+        keep = [m if not m & bit else 16 + m - bit for m in range(16)]
+        move = [m + bit if not m & bit else 16 + m for m in range(16)]
+        for v in range(16):
+            if v & bit:
+                continue
+            a, b = vs[v], vs[v | bit]
+            vs[v] = builder.shuffle_vector(a, b, _lanes(keep))
+            vs[v | bit] = builder.shuffle_vector(a, b, _lanes(move))
+    return vs
 
 
-def _tile_dots_intrinsic(weights: str, tile: int) -> Callable:
+def _rows16_intrinsic(weights: str, tile: int) -> Callable:
     weight_type, bytes_per_block = {"i8": (types.int8, 32), "u4": (types.uint8, 16)}[weights]
 
     def codegen(context, builder, signature, args):
-        w_arr, w_off, x_arr, x_off, x_stride, s_arr, s_stride, out_arr, n_blocks = args
+        w_arr, w_off, w_stride, x_arr, x_off, x_stride, xs_arr, xs_off, wsc_arr, out_arr, n_blocks = args
 
         def data(i: int, arr: ir.Value) -> ir.Value:
             return context.make_array(signature.args[i])(context, builder, arr).data
 
         w_ptr = builder.gep(data(0, w_arr), [w_off])
-        x_ptr = builder.gep(data(2, x_arr), [x_off])
-        s_ptr, out_ptr = data(5, s_arr), data(7, out_arr)
-        v16f = _vec(_F32, 16)
-        # accumulators live in allocas that LLVM promotes to registers; [parity][token]
-        accs = [[cgutils.alloca_once(builder, v16f) for _ in range(tile)] for _ in range(2)]
-        for row in accs:
-            for a in row:
-                builder.store(ir.Constant(v16f, None), a)
+        x_ptr = builder.gep(data(3, x_arr), [x_off])
+        xs_ptr = builder.gep(data(6, xs_arr), [xs_off])
+        wsc_ptr, out_ptr = data(8, wsc_arr), data(9, out_arr)
+        v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+        accs = [cgutils.alloca_once(builder, v16f) for _ in range(tile)]
+        for a in accs:
+            builder.store(ir.Constant(v16f, None), a)
 
         def load(ptr: ir.Value, at: ir.Value, elem: ir.Type, n: int) -> ir.Value:
             return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
 
-        def block(b: ir.Value, parity: int) -> None:
+        def block(b: ir.Value) -> None:
             at = builder.mul(b, ir.Constant(_I64, bytes_per_block))
-            if weights == "i8":
-                w = builder.sext(load(w_ptr, at, _I8, 32), _vec(_I16, 32))
-            else:
-                lo, hi = _unpack_nibbles_i8(builder, load(w_ptr, at, _I8, 16))
-                w = builder.zext(builder.shuffle_vector(lo, hi, _lanes(range(32))), _vec(_I16, 32))
+            rows = []
+            for r in range(GROUP_ROWS):
+                here = builder.add(at, builder.mul(ir.Constant(_I64, r), w_stride))
+                if weights == "i8":
+                    w = builder.sext(load(w_ptr, here, _I8, 32), _vec(_I16, 32))
+                else:
+                    lo, hi = _unpack_nibbles(builder, load(w_ptr, here, _I8, 16))
+                    w = builder.shuffle_vector(lo, hi, _lanes(range(32)))
+                rows.append(builder.bitcast(w, v16i))
+            cols = _transpose16(builder, rows)
             xat = builder.mul(b, ir.Constant(_I64, 32))
-            for t in range(tile):
+            isums = []
+            for t in range(tile):  # token by token: the 16 columns stay in registers for every token
                 row = builder.add(xat, builder.mul(ir.Constant(_I64, t), x_stride))
-                pairs = _pairs16(builder, w, load(x_ptr, row, _I16, 32))
-                s_at = builder.add(b, builder.mul(ir.Constant(_I64, t), s_stride))
-                s = _splat(builder, builder.load(builder.gep(s_ptr, [s_at])), 16)
-                acc = accs[parity][t]
-                fma = _call(builder, "llvm.fma.v16f32", v16f, [builder.sitofp(pairs, v16f), s, builder.load(acc)])
-                builder.store(fma, acc)
+                # four independent chains of four (exact integers, any order): LLVM splits a long
+                # vpdpwssd chain into vpmaddwd + vpaddd to shorten its latency, doubling the uops
+                chains = [ir.Constant(v16i, None)] * CHAINS
+                for j, col in enumerate(cols):
+                    at_x = builder.add(row, ir.Constant(_I64, 2 * j))
+                    pair = builder.load(builder.bitcast(builder.gep(x_ptr, [at_x]), _I32.as_pointer()), align=2)
+                    xj = builder.bitcast(_splat(builder, pair, 16), _vec(_I16, 32))
+                    wj = builder.bitcast(col, _vec(_I16, 32))
+                    chains[j % CHAINS] = _dot_acc16(builder, chains[j % CHAINS], wj, xj)
+                while len(chains) > 1:
+                    chains = [builder.add(chains[i], chains[i + 1]) for i in range(0, len(chains), 2)]
+                isums.append(chains[0])
+            wsv = load(wsc_ptr, builder.mul(b, ir.Constant(_I64, GROUP_ROWS)), _F32, 16)
+            for t in range(tile):
+                xs_at = builder.add(b, builder.mul(ir.Constant(_I64, t), n_blocks))
+                scale = builder.fmul(_splat(builder, builder.load(builder.gep(xs_ptr, [xs_at])), 16), wsv)
+                term = builder.fmul(builder.sitofp(isums[t], v16f), scale)
+                builder.store(builder.fadd(builder.load(accs[t]), term), accs[t])
 
-        two = ir.Constant(_I64, 2)
-
-        def pair(p: ir.Value) -> None:
-            block(builder.mul(p, two), 0)
-            block(builder.add(builder.mul(p, two), ir.Constant(_I64, 1)), 1)
-
-        pairs_count = builder.sdiv(n_blocks, two)
-        _counted_loop(builder, pairs_count, pair, "tile")
-        last = builder.mul(pairs_count, two)
-
-        def leftover(r: ir.Value) -> None:
-            block(builder.add(last, r), 0)
-
-        _counted_loop(builder, builder.sub(n_blocks, last), leftover, "tile_left")
+        _counted_loop(builder, n_blocks, block, "rows16")
         for t in range(tile):
-            total = builder.fadd(builder.load(accs[0][t]), builder.load(accs[1][t]))
-            builder.store(_lane_sum(builder, total), builder.gep(out_ptr, [ir.Constant(_I64, t)]))
+            at = builder.gep(out_ptr, [ir.Constant(_I64, GROUP_ROWS * t)])
+            builder.store(builder.load(accs[t]), builder.bitcast(at, v16f.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    def typer(typingctx, w, w_off, x, x_off, x_stride, s, s_stride, out, n_blocks):
-        expected = (weight_type, types.int16, types.float32, types.float32)
-        arrays = (w, x, s, out)
+    def typer(typingctx, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):
+        expected = (weight_type, types.int16, types.float32, types.float32, types.float32)
+        arrays = (w, x, xs, wsc, out)
         if not all(
             isinstance(a, types.Array) and a.dtype == e and a.layout == "C"
             for a, e in zip(arrays, expected, strict=True)
         ):
             return None  # numba reports the signature as unsupported
-        sig = types.void(w, types.intp, x, types.intp, types.intp, s, types.intp, out, types.intp)
-        return sig, codegen
+        i = types.intp
+        return types.void(w, i, i, x, i, i, xs, i, wsc, out, i), codegen
 
-    typer.__name__ = typer.__qualname__ = f"{weights}_tile{tile}_dots"
+    typer.__name__ = typer.__qualname__ = f"{weights}_rows16_tile{tile}"
     return intrinsic(typer)
 
 
-def _unpack_nibbles_i8(builder: ir.IRBuilder, raw: ir.Value) -> tuple[ir.Value, ir.Value]:
-    lo = builder.and_(raw, ir.Constant(_vec(_I8, 16), [15] * 16))
-    return lo, builder.lshr(raw, ir.Constant(_vec(_I8, 16), [4] * 16))
-
-
-# i8_tile_dots[n](w, w_off, x, x_off, x_stride, s, s_stride, out, n_blocks), n = 1..TILE tokens: for
-# t < n, out[t] = sum_b s[t * s_stride + b] * dot(w[w_off + 32b : +32], x[x_off + t * x_stride + 32b : +32])
-# in the fixed float order above (C-contiguous arrays of any rank; offsets and strides in elements).
-# u4_tile_dots[n]: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w_off in bytes).
-i8_tile_dots = tuple(_tile_dots_intrinsic("i8", n) for n in range(1, TILE + 1))
-u4_tile_dots = tuple(_tile_dots_intrinsic("u4", n) for n in range(1, TILE + 1))
+# i8_rows16[n - 1](w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks), n = 1..TILE
+# tokens, C-contiguous arrays of any rank, offsets and strides in elements: for rows r < 16 (row r's
+# weights from w_off + r * w_stride) and tokens t < n (activations from x_off + t * x_stride, block
+# scales xs[xs_off + t * n_blocks + b]), out[16 t + r] = the chain above with ws[b] = wsc[16 b + r].
+# u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes).
+i8_rows16 = tuple(_rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
+u4_rows16 = tuple(_rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
