@@ -34,6 +34,7 @@ from numba import njit, prange
 from mistral_nemo.model.quant.simd import (
     GROUP_ROWS,
     TILE,
+    fma32,
     i8_block_dots,
     i8_half_block_dots,
     i8_rows16,
@@ -54,8 +55,13 @@ _I8R1, _I8R2, _I8R3, _I8R4, _I8R5, _I8R6, _I8R7, _I8R8 = i8_rows16
 _U4R1, _U4R2, _U4R3, _U4R4, _U4R5, _U4R6, _U4R7, _U4R8 = u4_rows16
 
 
-@njit(**_SERIAL)
-def _i8_rows(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
+# i8_row_group(n, ...) / u4_row_group(n, ...): simd.i8_rows16[n - 1] / u4_rows16[n - 1] for 1 <= n <= TILE.
+# No fastmath here: numba would mark the intrinsics' float operations fast, free to be reordered.
+_EXACT = {"cache": True, "nogil": True}
+
+
+@njit(**_EXACT)
+def i8_row_group(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
     if n == 1:
         _I8R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 2:
@@ -74,8 +80,8 @@ def _i8_rows(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_
         _I8R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
 
 
-@njit(**_SERIAL)
-def _u4_rows(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
+@njit(**_EXACT)
+def u4_row_group(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
     if n == 1:
         _U4R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
     elif n == 2:
@@ -94,14 +100,14 @@ def _u4_rows(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_
         _U4R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
 
 
-@njit(cache=True, nogil=True)  # no fastmath: this order of float operations is the contract
+@njit(**_EXACT)  # no fastmath: this order of float operations is the contract
 def row_chain(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
-    """acc = acc + float(isum[b]) * (xs[t, b] * scale[n, g(b)]) over blocks b in order: what the row-group
+    """acc = fma(float(isum[b]), xs[t, b] * scale[n, g(b)], acc) over blocks b in order: what the row-group
     kernels (simd.py) compute in their lanes, from exact per-block sums, so every path agrees bit for bit."""
     per_group = isum.shape[0] // scale.shape[1]
     acc = np.float32(0.0)
     for b in range(isum.shape[0]):
-        acc = acc + np.float32(isum[b]) * (xs[t, b] * scale[n, b // per_group])
+        acc = fma32(np.float32(isum[b]), xs[t, b] * scale[n, b // per_group], acc)
     return acc
 
 
@@ -112,6 +118,7 @@ def _column_scales(scale: np.ndarray, first: int, n_blocks: int, wsc: np.ndarray
     for b in range(n_blocks):
         for r in range(GROUP_ROWS):
             wsc[b, r] = scale[first + r, b // per_group]
+
 
 @njit(**_SERIAL)
 def _quantize_token(x: np.ndarray, t: int, xq: np.ndarray, xs: np.ndarray, xsum: np.ndarray) -> None:
@@ -200,7 +207,9 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray
         acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
         for t0 in range(0, n_tok, TILE):
             tn = min(TILE, n_tok - t0)
-            _i8_rows(tn, q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks)
+            i8_row_group(
+                tn, q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks
+            )
             for j in range(tn):
                 for r in range(GROUP_ROWS):
                     out[t0 + j, first + r] = acc[j, r]
@@ -212,7 +221,9 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray
 
 
 @njit(**_OPTS)
-def _int8_half_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+def _int8_half_matmul(
+    xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
     n_rows, k_dim = q.shape
     n_blocks = k_dim // BLOCK
     n_tok = xq.shape[0]
@@ -265,7 +276,10 @@ def int4_matmul(
         acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
         for t0 in range(0, n_tok, TILE):
             tn = min(TILE, n_tok - t0)
-            _u4_rows(tn, packed, first * row_bytes, row_bytes, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks)  # fmt: skip
+            w_off, x_off = first * row_bytes, t0 * k_dim
+            u4_row_group(
+                tn, packed, w_off, row_bytes, xq, x_off, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks
+            )
             for j in range(tn):
                 for r in range(GROUP_ROWS):
                     out[t0 + j, first + r] = _zero_term(acc[j, r], zero, first + r, gsum, t0 + j)
@@ -276,11 +290,11 @@ def int4_matmul(
             out[t, n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
 
 
-@njit(cache=True, nogil=True)  # no fastmath: one order for every path
+@njit(**_EXACT)  # no fastmath: one order for every path
 def _zero_term(total: np.float32, zero: np.ndarray, n: int, gsum: np.ndarray, t: int) -> np.float32:
-    """int4's zero term: + sum_g zero[n, g] * gsum[t, g], in group order."""
+    """int4's zero term: + sum_g zero[n, g] * gsum[t, g], in group order, each step one fma."""
     for g in range(zero.shape[1]):
-        total += zero[n, g] * gsum[t, g]
+        total = fma32(zero[n, g], gsum[t, g], total)
     return total
 
 

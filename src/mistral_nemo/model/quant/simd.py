@@ -263,8 +263,9 @@ def u4_widen(typingctx, w, w_off, out, n_blocks):
 # is widened and transposed once into 16 registers of (row: pair j) int16 pairs, then each token's
 # block is 16 vpdpwssd with one pair of its activations broadcast, leaving each row's exact int32 block
 # sum in its lane. Per token and row the float result is then the fixed chain
-#     acc = 0; for b in blocks: acc = acc + float(isum_b) * (xs[t, b] * ws[n, b])
-# (no fused multiply-add, no reordering), which depends only on the exact integer sums: every token gets
+#     acc = 0; for b in blocks: acc = fma(float(isum_b), xs[t, b] * ws[n, b], acc)
+# (an explicit fused multiply-add, one rounding: LLVM is free to fuse a separate multiply and add in
+# one place and not another), which depends only on the exact integer sums: every token gets
 # the same bits alone or in a batch, and kernels.row_chain computes the same chain from the per-block
 # sums of the kernels above (rows left over from the groups of 16, and the tests' reference).
 TILE = 8  # tokens per call: 8 int32 + 8 float accumulators beside the 16 transposed weight registers
@@ -361,7 +362,9 @@ def _rows16_intrinsic(weights: str, tile: int) -> Callable:
                 chains = [ir.Constant(v16i, None)] * CHAINS
                 for j, col in enumerate(cols):
                     at_x = builder.add(row, ir.Constant(_I64, 2 * j))
-                    pair = builder.load(builder.bitcast(builder.gep(x_ptr, [at_x]), _I32.as_pointer()), align=2)
+                    pair = builder.load(
+                        builder.bitcast(builder.gep(x_ptr, [at_x]), _I32.as_pointer()), align=2
+                    )
                     xj = builder.bitcast(_splat(builder, pair, 16), _vec(_I16, 32))
                     wj = builder.bitcast(col, _vec(_I16, 32))
                     chains[j % CHAINS] = _dot_acc16(builder, chains[j % CHAINS], wj, xj)
@@ -372,8 +375,8 @@ def _rows16_intrinsic(weights: str, tile: int) -> Callable:
             for t in range(tile):
                 xs_at = builder.add(b, builder.mul(ir.Constant(_I64, t), n_blocks))
                 scale = builder.fmul(_splat(builder, builder.load(builder.gep(xs_ptr, [xs_at])), 16), wsv)
-                term = builder.fmul(builder.sitofp(isums[t], v16f), scale)
-                builder.store(builder.fadd(builder.load(accs[t]), term), accs[t])
+                fma_args = [builder.sitofp(isums[t], v16f), scale, builder.load(accs[t])]
+                builder.store(_call(builder, "llvm.fma.v16f32", v16f, fma_args), accs[t])
 
         _counted_loop(builder, n_blocks, block, "rows16")
         for t in range(tile):
@@ -403,3 +406,15 @@ def _rows16_intrinsic(weights: str, tile: int) -> Callable:
 # u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes).
 i8_rows16 = tuple(_rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
 u4_rows16 = tuple(_rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
+
+
+def _fma32_codegen(context, builder, signature, args):
+    return _call(builder, "llvm.fma.f32", _F32, list(args))
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """a * b + c in float32 with one rounding (row_chain's step, the row groups' lane operation)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+    return types.float32(types.float32, types.float32, types.float32), _fma32_codegen
