@@ -12,9 +12,13 @@ France?" -> "L'Étoile, la Cité, ...", which llama.cpp answers too), while int1
 by ~1e-4 of their range and keeps every answer of the float activations.
 
 Every path computes that same sum, so they agree to float rounding and a token's result does not
-depend on the other tokens in its batch: tokens <= small-batch run these kernels (one token or several,
-each row read once for all of them); prefill multiplies the dequantized weights with the same
-quantized activations (`fake_quantize`) through torch's GEMM.
+depend on the other tokens in its batch. Up to small-batch tokens (decode, speculative verification,
+small batches), weight groups of any multiple of 32 run one kernel for 1 or many tokens: 16 rows at
+a time with the rows in the vector lanes, each block read and transposed once per 8 tokens (simd.py),
+exact int32 block sums, then per row and token the float chain acc = fma(isum_b, xs_b * ws_b, acc) over
+the blocks in order (row_chain states it in plain code and computes the rows left over from groups
+of 16), so a token gets the same bits alone or with up to small-batch others. Prefill multiplies the
+dequantized weights with the same quantized activations (`fake_quantize`) through torch's GEMM.
 
 Layouts (all C-contiguous, rows = output features; in_features and group sizes multiples of 32):
 - int8: q [N, K] int8, scale [N, K // G] float32; w = scale * q. G = K is per-channel, G = 32 is Q8_0,

@@ -14,7 +14,9 @@ a 2-core AVX-512/VNNI Xeon, 5120 x 14336 int8 GEMV: 3.3 ms, against 13.4 ms for 
 Sums are exact: |w x| <= 128 * 32767 and 32 of them fit an int32 with room to spare.
 
 Each call writes one int32 per block (or two, per 16-value half); eight blocks at a time are reduced
-together by a transpose of pairwise adds, so no block pays a full horizontal sum.
+together by a transpose of pairwise adds, so no block pays a full horizontal sum. The row groups at
+the end (16 rows x up to 8 tokens, rows in the lanes) are what the int8 / int4 kernels run now; the
+per-block sums serve rows left over from groups of 16 and Q6_K's half blocks.
 MISTRAL_NEMO_SIMD=vnni|avx2|generic overrides the host's choice (tests/test_simd.py checks every path
 the host can run; numba's cache does not see the override, so set NUMBA_CACHE_DIR to a fresh folder
 with it).
