@@ -1,6 +1,9 @@
-"""Quantized linears vs fp32 nn.Linear (and torch's int8pack kernel), plus SmolLM2 decode tokens/s.
+"""Quantized linears vs fp32 nn.Linear (and torch's int8pack kernel), plus SmolLM2 decode tokens/s, and
+the cost of a call over 1-16 tokens relative to one token (speculative verification, small batches).
 
 Prints one JSON line. Usage: python bench/quant_linear.py [--threads 2] [--repeat 10] [--no-e2e]
+[--sweep-only] [--sweep-tokens 1,2,4,5,8,16]. Timings are best-of-repeat, wall clock and process CPU
+time (on a shared machine the CPU time is the steadier of the two).
 """
 
 from __future__ import annotations
@@ -65,6 +68,40 @@ def bench_layers(repeat: int) -> list[dict]:
     return rows
 
 
+def bench_token_sweep(repeat: int, token_counts: list[int]) -> list[dict]:
+    """NeMo's FFN shapes with Q8_0-like int8 (G = 32) and int4 (G = 32) weights: ms per call for each token
+    count and its cost relative to one token (what a speculative step of 1 + K tokens pays)."""
+    rows = []
+    torch.manual_seed(0)
+    for k, n in ((5120, 14336), (14336, 5120)):
+        w = torch.randn(n, k) * 0.02
+        for name, make in (("int8_g32", Int8Linear.from_float), ("int4_g32", Int4Linear.from_float)):
+            layer = make(w, group_size=32)
+            row: dict = {"shape": [n, k], "weights": name, "tokens": token_counts}
+            wall, cpu = [], []
+            with torch.inference_mode():
+                for tokens in token_counts:
+                    x = torch.randn(tokens, k)
+                    layer(x)  # warm-up (and numba compile / cache load)
+                    best_wall = best_cpu = float("inf")
+                    for _ in range(repeat):
+                        c0, t0 = time.process_time(), time.perf_counter()
+                        layer(x)
+                        best_wall = min(best_wall, time.perf_counter() - t0)
+                        best_cpu = min(best_cpu, time.process_time() - c0)
+                    wall.append(best_wall)
+                    cpu.append(best_cpu)
+            row["ms"] = [round(t * 1e3, 2) for t in wall]
+            row["cost_vs_1_token"] = [round(t / wall[0], 2) for t in wall]
+            row["cpu_ms"] = [round(t * 1e3, 2) for t in cpu]
+            row["cpu_cost_vs_1_token"] = [round(t / cpu[0], 2) for t in cpu]
+            row["GMAC_per_s"] = [
+                round(t * n * k / sec / 1e9, 1) for t, sec in zip(token_counts, wall, strict=True)
+            ]
+            rows.append(row)
+    return rows
+
+
 def bench_decode(gen_tokens: int) -> dict:
     from mistral_nemo.engine.generate import generate
     from mistral_nemo.engine.sampling_params import SamplingParams
@@ -102,13 +139,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--no-e2e", action="store_true")
+    parser.add_argument("--sweep-only", action="store_true", help="only the 1-16 token cost sweep")
+    parser.add_argument("--sweep-tokens", default="1,2,4,5,8,16", help="token counts of the sweep")
     a = parser.parse_args()
+    try:
+        token_counts = [int(t) for t in a.sweep_tokens.split(",")]
+    except ValueError:
+        parser.error(f"--sweep-tokens: expected comma-separated integers, got {a.sweep_tokens!r}")
+    if not token_counts or min(token_counts) < 1:
+        parser.error("--sweep-tokens: token counts must be >= 1")
     torch.set_num_threads(a.threads)
     import numba
 
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
-    result: dict = {"bench": "quant_linear", "threads": a.threads, "layers": bench_layers(a.repeat)}
-    if not a.no_e2e:
+    result: dict = {"bench": "quant_linear", "threads": a.threads}
+    if not a.sweep_only:
+        result["layers"] = bench_layers(a.repeat)
+    result["token_sweep"] = bench_token_sweep(a.repeat, token_counts)
+    if not a.no_e2e and not a.sweep_only:
         result["smollm2_decode"] = bench_decode(a.gen_tokens)
     print(json.dumps(result))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from mistral_nemo.model.quant import simd
+from mistral_nemo.model.quant import kernels, simd
 
 
 @njit
@@ -52,6 +52,45 @@ def _extremes(
     return values
 
 
+def float_chain(isum: np.ndarray, xs: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """The row groups' stated float order in numpy: for every token and row, acc = fma(float32(isum_b),
+    float32(xs_b * ws_b), acc) over blocks b in order. The fma through float64, where the product of
+    two float32 is exact (a second rounding decides only on exact float32 midpoints, odds ~2^-29).
+    isum [T, R, B] int64 exact, xs [T, B], ws [R, B] -> [T, R]."""
+    acc = np.zeros(isum.shape[:2], np.float32)
+    for b in range(isum.shape[2]):
+        scale = xs[:, None, b].astype(np.float32) * ws[None, :, b].astype(np.float32)
+        exact = isum[:, :, b].astype(np.float32).astype(np.float64) * scale.astype(np.float64)
+        acc = (exact + acc.astype(np.float64)).astype(np.float32)
+    return acc
+
+
+def check_rows16() -> list[str]:
+    """Row groups (16 weight rows x 1-8 tokens) equal the float chain of exact block sums, bit for bit."""
+    rng = np.random.default_rng(1)
+    problems = []
+    for n_blocks in (1, 2, 5, 160):
+        k = 32 * n_blocks
+        w8 = _extremes(rng, (16, k), -128, 127, np.int8)
+        packed = rng.integers(0, 256, (16, k // 2), dtype=np.uint8)
+        blocks = packed.reshape(16, n_blocks, 16)
+        nibbles = np.concatenate([blocks & 15, blocks >> 4], -1).reshape(16, k)
+        ws = rng.uniform(1e-3, 1e-1, (16, n_blocks)).astype(np.float32)
+        wsc = np.ascontiguousarray(ws.T)
+        for tile in range(1, simd.TILE + 1):
+            x = _extremes(rng, (tile, k), -32767, 32767, np.int16)
+            xs = rng.uniform(1e-6, 1e-4, (tile, n_blocks)).astype(np.float32)
+            for name, w, values, u4 in (("i8", w8, w8, False), ("u4", packed, nibbles, True)):
+                prod = values.astype(np.int64)[None] * x.astype(np.int64)[:, None]
+                want = float_chain(prod.reshape(tile, 16, n_blocks, 32).sum(-1), xs, ws)
+                out = np.full((simd.TILE, 16), np.nan, np.float32)
+                run = kernels.u4_row_group if u4 else kernels.i8_row_group
+                run(tile, w, 0, w.shape[1], x, 0, k, xs, 0, wsc, out, n_blocks)
+                if not np.array_equal(out[:tile], want):
+                    problems.append(f"{name}_rows16 tile={tile} n_blocks={n_blocks}")
+    return problems
+
+
 def check(rows: int = 3) -> list[str]:
     """Mismatch descriptions for block counts covering the 8-block chunks and every leftover count."""
     rng = np.random.default_rng(0)
@@ -80,7 +119,7 @@ def check(rows: int = 3) -> list[str]:
         _widen_u4(packed, widened)
         if not np.array_equal(widened, nibbles):
             problems.append(f"u4_widen n_blocks={n_blocks}")
-    return problems
+    return problems + check_rows16()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,29 @@ def test_a_token_gets_the_same_answer_whatever_its_batch() -> None:
     _close(layer(x)[:8], alone)  # prefill (dequantize + GEMM): the same sum, to float rounding
 
 
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_every_small_batch_gives_each_token_its_single_token_bits(kind: str) -> None:
+    # 40 outputs: two groups of 16 rows (the row-group kernel) and 8 rows left over (per-block sums and
+    # row_chain); 2-20 tokens: one tile, a full tile of 8, tiles of 8 plus a remainder.
+    torch.manual_seed(2)
+    layer = QUANTIZERS[kind](nn.Linear(IN, 40, bias=False))
+    x = torch.randn(20, IN)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(20)])
+    for tokens in (2, 5, 8, 9, 16, 20):
+        assert torch.equal(layer(x[:tokens]), alone[:tokens]), tokens
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_row_groups_and_left_over_rows_compute_the_same_chain(kind: str) -> None:
+    # Row 16 is left over from the group of rows 0-15 and holds row 0's weights: the two paths agree bitwise.
+    torch.manual_seed(3)
+    weight = torch.randn(17, IN)
+    weight[16] = weight[0]
+    layer = QUANTIZERS[kind](weight)
+    y = layer(torch.randn(5, IN))
+    assert torch.equal(y[:, 16], y[:, 0])
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4-g64"])
 def test_prefill_in_many_row_blocks(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(linear_module, "_BLOCK_ELEMS", 20 * IN)  # 20-row blocks: 4 full, 1 partial

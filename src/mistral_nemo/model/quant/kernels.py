@@ -12,9 +12,13 @@ France?" -> "L'Étoile, la Cité, ...", which llama.cpp answers too), while int1
 by ~1e-4 of their range and keeps every answer of the float activations.
 
 Every path computes that same sum, so they agree to float rounding and a token's result does not
-depend on the other tokens in its batch: tokens <= small-batch run these kernels (one token or several,
-each row read once for all of them); prefill multiplies the dequantized weights with the same
-quantized activations (`fake_quantize`) through torch's GEMM.
+depend on the other tokens in its batch. Up to small-batch tokens (decode, speculative verification,
+small batches), weight groups of any multiple of 32 run one kernel for 1 or many tokens: 16 rows at
+a time with the rows in the vector lanes, each block read and transposed once per 8 tokens (simd.py),
+exact int32 block sums, then per row and token the float chain acc = fma(isum_b, xs_b * ws_b, acc) over
+the blocks in order (row_chain states it in plain code and computes the rows left over from groups
+of 16), so a token gets the same bits alone or with up to small-batch others. Prefill multiplies the
+dequantized weights with the same quantized activations (`fake_quantize`) through torch's GEMM.
 
 Layouts (all C-contiguous, rows = output features; in_features and group sizes multiples of 32):
 - int8: q [N, K] int8, scale [N, K // G] float32; w = scale * q. G = K is per-channel, G = 32 is Q8_0,
@@ -32,12 +36,15 @@ import numpy as np
 from numba import njit, prange
 
 from mistral_nemo.model.quant.simd import (
+    GROUP_ROWS,
+    TILE,
+    fma32,
     i8_block_dots,
     i8_half_block_dots,
-    i16_block_dots,
+    i8_rows16,
     i16_half_block_dots,
     u4_block_dots,
-    u4_widen,
+    u4_rows16,
 )
 
 _OPTS = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
@@ -45,6 +52,76 @@ _SERIAL = {"fastmath": True, "cache": True, "nogil": True}  # helpers: no loop o
 BLOCK = 32  # activation values per scale
 ACT_MAX = 32767  # activations are int16: |xq| <= ACT_MAX
 _ROWS_PER_TASK = 16  # weight rows per parallel task (each task reuses one scratch row of block sums)
+
+
+# numba cannot index a tuple of intrinsics at run time: one name each, and a branch per tile size.
+_I8R1, _I8R2, _I8R3, _I8R4, _I8R5, _I8R6, _I8R7, _I8R8 = i8_rows16
+_U4R1, _U4R2, _U4R3, _U4R4, _U4R5, _U4R6, _U4R7, _U4R8 = u4_rows16
+
+
+# i8_row_group(n, ...) / u4_row_group(n, ...): simd.i8_rows16[n - 1] / u4_rows16[n - 1] for 1 <= n <= TILE.
+# No fastmath here: numba would mark the intrinsics' float operations fast, free to be reordered.
+_EXACT = {"cache": True, "nogil": True}
+
+
+@njit(**_EXACT)
+def i8_row_group(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
+    if n == 1:
+        _I8R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 2:
+        _I8R2(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 3:
+        _I8R3(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 4:
+        _I8R4(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 5:
+        _I8R5(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 6:
+        _I8R6(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 7:
+        _I8R7(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    else:
+        _I8R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+
+
+@njit(**_EXACT)
+def u4_row_group(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
+    if n == 1:
+        _U4R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 2:
+        _U4R2(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 3:
+        _U4R3(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 4:
+        _U4R4(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 5:
+        _U4R5(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 6:
+        _U4R6(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    elif n == 7:
+        _U4R7(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+    else:
+        _U4R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+
+
+@njit(**_EXACT)  # no fastmath: this order of float operations is the contract
+def row_chain(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
+    """acc = fma(float(isum[b]), xs[t, b] * scale[n, g(b)], acc) over blocks b in order: what the row-group
+    kernels (simd.py) compute in their lanes, from exact per-block sums, so every path agrees bit for bit."""
+    per_group = isum.shape[0] // scale.shape[1]
+    acc = np.float32(0.0)
+    for b in range(isum.shape[0]):
+        acc = fma32(np.float32(isum[b]), xs[t, b] * scale[n, b // per_group], acc)
+    return acc
+
+
+@njit(**_SERIAL)
+def _column_scales(scale: np.ndarray, first: int, n_blocks: int, wsc: np.ndarray) -> None:
+    """wsc[b, r] = scale[first + r, g(b)]: a row group's weight scale per block, rows in the lanes."""
+    per_group = n_blocks // scale.shape[1]
+    for b in range(n_blocks):
+        for r in range(GROUP_ROWS):
+            wsc[b, r] = scale[first + r, b // per_group]
 
 
 @njit(**_SERIAL)
@@ -99,27 +176,9 @@ def fake_quantize(x: np.ndarray) -> np.ndarray:
 
 
 @njit(**_SERIAL)
-def _scaled_sum(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
-    """sum_b scale[n, g(b)] * xs[t, b] * isum[b], g(b) the weight group of block b."""
-    n_blocks = isum.shape[0]
-    per_group = n_blocks // scale.shape[1]
-    acc = np.float32(0.0)
-    if per_group == 1:
-        for b in range(n_blocks):
-            acc += np.float32(isum[b]) * xs[t, b] * scale[n, b]
-        return acc
-    for g in range(scale.shape[1]):
-        part = np.float32(0.0)
-        base = g * per_group
-        for j in range(per_group):
-            part += np.float32(isum[base + j]) * xs[t, base + j]
-        acc += part * scale[n, g]
-    return acc
-
-
-@njit(**_SERIAL)
 def _half_scaled_sum(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: int) -> np.float32:
-    """As _scaled_sum for a weight scale per 16 values (Q6_K): isum holds two sums per block."""
+    """sum_b xs[t, b] * (isum[2b] scale[n, 2b] + isum[2b + 1] scale[n, 2b + 1]): a weight scale per 16
+    values (Q6_K), two int32 sums per block."""
     acc = np.float32(0.0)
     for b in range(xs.shape[1]):
         part = np.float32(isum[2 * b]) * scale[n, 2 * b] + np.float32(isum[2 * b + 1]) * scale[n, 2 * b + 1]
@@ -135,32 +194,55 @@ def _widen_int8_row(q: np.ndarray, n: int, w16: np.ndarray) -> None:
 
 @njit(**_OPTS)
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
-    """out[T, N] = dequantized activations @ (scale * q).T; rows in parallel, every token per row.
-    Weight groups of 16 (Q6_K's) or of any multiple of 32. With several tokens each row is widened to
-    int16 once (exact, so every token gets the same sums as alone)."""
+    """out[T, N] = dequantized activations @ (scale * q).T. Weight groups of any multiple of 32: groups of
+    16 rows in parallel, each block of a group read once per TILE tokens (simd.py); rows left over
+    from the groups by per-block sums and row_chain, the same float chain. Groups of 16 (Q6_K's):
+    per-block sums of each half block, widened once per row for several tokens."""
     n_rows, k_dim = q.shape
     n_blocks = k_dim // BLOCK
     n_tok = xq.shape[0]
-    halves = scale.shape[1] == 2 * n_blocks
+    if scale.shape[1] == 2 * n_blocks:
+        _int8_half_matmul(xq, xs, q, scale, out)
+        return
+    for grp in prange(n_rows // GROUP_ROWS):
+        first = grp * GROUP_ROWS
+        wsc = np.empty((n_blocks, GROUP_ROWS), dtype=np.float32)
+        _column_scales(scale, first, n_blocks, wsc)
+        acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
+        for t0 in range(0, n_tok, TILE):
+            tn = min(TILE, n_tok - t0)
+            i8_row_group(
+                tn, q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks
+            )
+            for j in range(tn):
+                for r in range(GROUP_ROWS):
+                    out[t0 + j, first + r] = acc[j, r]
+    isum = np.empty(n_blocks, dtype=np.int32)
+    for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
+        for t in range(n_tok):
+            i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
+            out[t, n] = row_chain(isum, xs, t, scale, n)
+
+
+@njit(**_OPTS)
+def _int8_half_matmul(
+    xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
+    n_rows, k_dim = q.shape
+    n_blocks = k_dim // BLOCK
+    n_tok = xq.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        isum = np.empty(2 * n_blocks if halves else n_blocks, dtype=np.int32)
+        isum = np.empty(2 * n_blocks, dtype=np.int32)
         w16 = np.empty(k_dim if n_tok > 1 else 0, dtype=np.int16)
         for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
             if n_tok > 1:
                 _widen_int8_row(q, n, w16)
             for t in range(n_tok):
-                if halves:
-                    if n_tok > 1:
-                        i16_half_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
-                    else:
-                        i8_half_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
-                    out[t, n] = _half_scaled_sum(isum, xs, t, scale, n)
+                if n_tok > 1:
+                    i16_half_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
                 else:
-                    if n_tok > 1:
-                        i16_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
-                    else:
-                        i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
-                    out[t, n] = _scaled_sum(isum, xs, t, scale, n)
+                    i8_half_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
+                out[t, n] = _half_scaled_sum(isum, xs, t, scale, n)
 
 
 @njit(**_SERIAL)
@@ -190,22 +272,34 @@ def int4_matmul(
     n_rows, row_bytes = packed.shape
     n_blocks = row_bytes * 2 // BLOCK
     gsum = group_sums(xsum, scale.shape[1])
-    n_tok = xq.shape[0]
-    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        isum = np.empty(n_blocks, dtype=np.int32)
-        w16 = np.empty(2 * row_bytes if n_tok > 1 else 0, dtype=np.int16)
-        for n in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            if n_tok > 1:
-                u4_widen(packed[n], 0, w16, n_blocks)
-            for t in range(n_tok):
-                if n_tok > 1:
-                    i16_block_dots(w16, 0, xq[t], 0, isum, n_blocks)
-                else:
-                    u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
-                acc = _scaled_sum(isum, xs, t, scale, n)
-                for g in range(scale.shape[1]):
-                    acc += zero[n, g] * gsum[t, g]
-                out[t, n] = acc
+    n_tok, k_dim = xq.shape
+    for grp in prange(n_rows // GROUP_ROWS):
+        first = grp * GROUP_ROWS
+        wsc = np.empty((n_blocks, GROUP_ROWS), dtype=np.float32)
+        _column_scales(scale, first, n_blocks, wsc)
+        acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
+        for t0 in range(0, n_tok, TILE):
+            tn = min(TILE, n_tok - t0)
+            w_off, x_off = first * row_bytes, t0 * k_dim
+            u4_row_group(
+                tn, packed, w_off, row_bytes, xq, x_off, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks
+            )
+            for j in range(tn):
+                for r in range(GROUP_ROWS):
+                    out[t0 + j, first + r] = _zero_term(acc[j, r], zero, first + r, gsum, t0 + j)
+    isum = np.empty(n_blocks, dtype=np.int32)
+    for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
+        for t in range(n_tok):
+            u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
+            out[t, n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
+
+
+@njit(**_EXACT)  # no fastmath: one order for every path
+def _zero_term(total: np.float32, zero: np.ndarray, n: int, gsum: np.ndarray, t: int) -> np.float32:
+    """int4's zero term: + sum_g zero[n, g] * gsum[t, g], in group order, each step one fma."""
+    for g in range(zero.shape[1]):
+        total = fma32(zero[n, g], gsum[t, g], total)
+    return total
 
 
 @njit(**_OPTS)

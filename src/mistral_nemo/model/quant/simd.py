@@ -14,7 +14,9 @@ a 2-core AVX-512/VNNI Xeon, 5120 x 14336 int8 GEMV: 3.3 ms, against 13.4 ms for 
 Sums are exact: |w x| <= 128 * 32767 and 32 of them fit an int32 with room to spare.
 
 Each call writes one int32 per block (or two, per 16-value half); eight blocks at a time are reduced
-together by a transpose of pairwise adds, so no block pays a full horizontal sum.
+together by a transpose of pairwise adds, so no block pays a full horizontal sum. The row groups at
+the end (16 rows x up to 8 tokens, rows in the lanes) are what the int8 / int4 kernels run now; the
+per-block sums serve rows left over from groups of 16 and Q6_K's half blocks.
 MISTRAL_NEMO_SIMD=vnni|avx2|generic overrides the host's choice (tests/test_simd.py checks every path
 the host can run; numba's cache does not see the override, so set NUMBA_CACHE_DIR to a fresh folder
 with it).
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 ISAS = ("vnni", "avx2", "generic")
@@ -252,3 +255,168 @@ def u4_widen(typingctx, w, w_off, out, n_blocks):
     if out.dtype != types.int16:
         return None
     return types.void(w, types.intp, out, types.intp), _u4_widen_codegen
+
+
+# ---- Row groups: 16 weight rows against up to TILE tokens ---------------------------------------------
+#
+# The per-block kernels above reduce every block to one int32 sum with a transpose of shuffles per block
+# and token, which costs more than the multiplies once several tokens share a row (~40 GMAC/s on 2
+# cores). Here the lanes of a register are 16 weight rows instead: a block of 16 rows (16 x 32 values)
+# is widened and transposed once into 16 registers of (row: pair j) int16 pairs, then each token's
+# block is 16 vpdpwssd with one pair of its activations broadcast, leaving each row's exact int32 block
+# sum in its lane. Per token and row the float result is then the fixed chain
+#     acc = 0; for b in blocks: acc = fma(float(isum_b), xs[t, b] * ws[n, b], acc)
+# (an explicit fused multiply-add, one rounding: LLVM is free to fuse a separate multiply and add in
+# one place and not another), which depends only on the exact integer sums: every token gets
+# the same bits alone or in a batch, and kernels.row_chain computes the same chain from the per-block
+# sums of the kernels above (rows left over from the groups of 16, and the tests' reference).
+TILE = 8  # tokens per call: 8 int32 + 8 float accumulators beside the 16 transposed weight registers
+GROUP_ROWS = 16
+CHAINS = 4  # independent vpdpwssd accumulators per token and block
+
+_F32 = ir.FloatType()
+
+
+def _host_features() -> set[str]:
+    return {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+
+
+# 512-bit vpdpwssd: AVX512-VNNI with AVX512-BW (not AVX-VNNI alone, whose registers are 256 bits).
+WIDE = ISA == "vnni" and {"avx512vnni", "avx512bw", "avx512f"} <= _host_features()
+
+
+def _dot_acc16(builder: ir.IRBuilder, acc: ir.Value, w: ir.Value, x: ir.Value) -> ir.Value:
+    """acc <16 x i32> + pair sums of <32 x i16> w, x (lane j: w[2j] x[2j] + w[2j+1] x[2j+1]), any ISA."""
+    v16i32 = _vec(_I32, 16)
+    if WIDE:
+        args = [acc, builder.bitcast(w, v16i32), builder.bitcast(x, v16i32)]
+        return _call(builder, "llvm.x86.avx512.vpdpwssd.512", v16i32, args)
+    halves = []
+    for h in range(2):
+        pick = _lanes(range(16 * h, 16 * h + 16))
+        part = builder.shuffle_vector(acc, acc, _lanes(range(8 * h, 8 * h + 8)))
+        wh, xh = builder.shuffle_vector(w, w, pick), builder.shuffle_vector(x, x, pick)
+        halves.append(_half_partial(builder, wh, xh, part))
+    return builder.shuffle_vector(halves[0], halves[1], _lanes(range(16)))
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
+    one = builder.insert_element(ir.Constant(_vec(value.type, n), None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, _lanes([0] * n))
+
+
+def _transpose16(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """16 vectors of 16 lanes, rows[r][j] -> cols[j][r]: four stages, each swapping one bit of the
+    vector index with the same bit of the lane index (16 two-source shuffles a stage)."""
+    vs = list(rows)
+    for k in range(4):
+        bit = 1 << k
+        keep = [m if not m & bit else 16 + m - bit for m in range(16)]
+        move = [m + bit if not m & bit else 16 + m for m in range(16)]
+        for v in range(16):
+            if v & bit:
+                continue
+            a, b = vs[v], vs[v | bit]
+            vs[v] = builder.shuffle_vector(a, b, _lanes(keep))
+            vs[v | bit] = builder.shuffle_vector(a, b, _lanes(move))
+    return vs
+
+
+def _rows16_intrinsic(weights: str, tile: int) -> Callable:
+    weight_type, bytes_per_block = {"i8": (types.int8, 32), "u4": (types.uint8, 16)}[weights]
+
+    def codegen(context, builder, signature, args):
+        w_arr, w_off, w_stride, x_arr, x_off, x_stride, xs_arr, xs_off, wsc_arr, out_arr, n_blocks = args
+
+        def data(i: int, arr: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[i])(context, builder, arr).data
+
+        w_ptr = builder.gep(data(0, w_arr), [w_off])
+        x_ptr = builder.gep(data(3, x_arr), [x_off])
+        xs_ptr = builder.gep(data(6, xs_arr), [xs_off])
+        wsc_ptr, out_ptr = data(8, wsc_arr), data(9, out_arr)
+        v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+        accs = [cgutils.alloca_once(builder, v16f) for _ in range(tile)]
+        for a in accs:
+            builder.store(ir.Constant(v16f, None), a)
+
+        def load(ptr: ir.Value, at: ir.Value, elem: ir.Type, n: int) -> ir.Value:
+            return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
+
+        def block(b: ir.Value) -> None:
+            at = builder.mul(b, ir.Constant(_I64, bytes_per_block))
+            rows = []
+            for r in range(GROUP_ROWS):
+                here = builder.add(at, builder.mul(ir.Constant(_I64, r), w_stride))
+                if weights == "i8":
+                    w = builder.sext(load(w_ptr, here, _I8, 32), _vec(_I16, 32))
+                else:
+                    lo, hi = _unpack_nibbles(builder, load(w_ptr, here, _I8, 16))
+                    w = builder.shuffle_vector(lo, hi, _lanes(range(32)))
+                rows.append(builder.bitcast(w, v16i))
+            cols = _transpose16(builder, rows)
+            xat = builder.mul(b, ir.Constant(_I64, 32))
+            isums = []
+            for t in range(tile):  # token by token: the 16 columns stay in registers for every token
+                row = builder.add(xat, builder.mul(ir.Constant(_I64, t), x_stride))
+                # four independent chains of four (exact integers, any order): LLVM splits a long
+                # vpdpwssd chain into vpmaddwd + vpaddd to shorten its latency, doubling the uops
+                chains = [ir.Constant(v16i, None)] * CHAINS
+                for j, col in enumerate(cols):
+                    at_x = builder.add(row, ir.Constant(_I64, 2 * j))
+                    pair = builder.load(
+                        builder.bitcast(builder.gep(x_ptr, [at_x]), _I32.as_pointer()), align=2
+                    )
+                    xj = builder.bitcast(_splat(builder, pair, 16), _vec(_I16, 32))
+                    wj = builder.bitcast(col, _vec(_I16, 32))
+                    chains[j % CHAINS] = _dot_acc16(builder, chains[j % CHAINS], wj, xj)
+                while len(chains) > 1:
+                    chains = [builder.add(chains[i], chains[i + 1]) for i in range(0, len(chains), 2)]
+                isums.append(chains[0])
+            wsv = load(wsc_ptr, builder.mul(b, ir.Constant(_I64, GROUP_ROWS)), _F32, 16)
+            for t in range(tile):
+                xs_at = builder.add(b, builder.mul(ir.Constant(_I64, t), n_blocks))
+                scale = builder.fmul(_splat(builder, builder.load(builder.gep(xs_ptr, [xs_at])), 16), wsv)
+                fma_args = [builder.sitofp(isums[t], v16f), scale, builder.load(accs[t])]
+                builder.store(_call(builder, "llvm.fma.v16f32", v16f, fma_args), accs[t])
+
+        _counted_loop(builder, n_blocks, block, "rows16")
+        for t in range(tile):
+            at = builder.gep(out_ptr, [ir.Constant(_I64, GROUP_ROWS * t)])
+            builder.store(builder.load(accs[t]), builder.bitcast(at, v16f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):
+        expected = (weight_type, types.int16, types.float32, types.float32, types.float32)
+        arrays = (w, x, xs, wsc, out)
+        if not all(
+            isinstance(a, types.Array) and a.dtype == e and a.layout == "C"
+            for a, e in zip(arrays, expected, strict=True)
+        ):
+            return None  # numba reports the signature as unsupported
+        i = types.intp
+        return types.void(w, i, i, x, i, i, xs, i, wsc, out, i), codegen
+
+    typer.__name__ = typer.__qualname__ = f"{weights}_rows16_tile{tile}"
+    return intrinsic(typer)
+
+
+# i8_rows16[n - 1](w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks), n = 1..TILE
+# tokens, C-contiguous arrays of any rank, offsets and strides in elements: for rows r < 16 (row r's
+# weights from w_off + r * w_stride) and tokens t < n (activations from x_off + t * x_stride, block
+# scales xs[xs_off + t * n_blocks + b]), out[16 t + r] = the chain above with ws[b] = wsc[16 b + r].
+# u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes).
+i8_rows16 = tuple(_rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
+u4_rows16 = tuple(_rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
+
+
+def _fma32_codegen(context, builder, signature, args):
+    return _call(builder, "llvm.fma.f32", _F32, list(args))
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """a * b + c in float32 with one rounding (row_chain's step, the row groups' lane operation)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+    return types.float32(types.float32, types.float32, types.float32), _fma32_codegen
