@@ -119,6 +119,11 @@ class LLMEngine:
         ):
             if any(not 0 <= t < vocab for t in ids):
                 raise RequestError(f"{field_name} names a token id outside the vocabulary (0..{vocab - 1})")
+        if params.prompt_logprobs_from > len(prompt_ids):
+            raise RequestError(
+                f"prompt_logprobs_from is {params.prompt_logprobs_from} but the prompt has "
+                f"{len(prompt_ids)} tokens"
+            )
         self.scheduler.check(len(prompt_ids), params.max_tokens, params.n)
         if params.structured_outputs is not None and params.constraint is None:
             from mistral_nemo.engine.structured_output import structured_output_constraint  # llguidance
@@ -273,9 +278,13 @@ class LLMEngine:
             return
         k = seq.params.prompt_logprobs or 0
         targets = seq.prompt_ids[first : first + rows.shape[0] + 1]
-        for token_id, entry in zip(targets[1:], prompt_logprobs(rows, targets, k)[1:], strict=True):
+        # Stored by position: positions before prompt_logprobs_from stay None, and a preempted
+        # sequence recomputing its prompt writes the same entries again instead of appending.
+        entries = request.prompt_logprobs
+        entries += [None] * (first + len(targets) - len(entries))
+        for offset, entry in enumerate(prompt_logprobs(rows, targets, k)[1:], start=first + 1):
             assert entry is not None
-            request.prompt_logprobs.append(TokenLogprob(token_id, entry[0], entry[1]))
+            entries[offset] = TokenLogprob(seq.prompt_ids[offset], entry[0], entry[1])
 
     def _request_output(self, request: _Request) -> RequestOutput:
         outputs = []
