@@ -119,8 +119,8 @@ class MistralNemoLM(TemplateLM):
         """The logprobs of each prompt's last `span` tokens.
 
         Only those positions are asked for, so the engine may serve the context from its prefix
-        cache. Per chunk, the first request of each context runs first and the others (the
-        remaining choices of a multiple-choice question) after it, so they find its blocks cached.
+        cache. Per chunk, requests that share the start of their context run after the first of
+        them (`_waves`), so they find its blocks cached.
         """
         out: list[list[Any]] = []
         scored: dict[ScoredPrompt, list[Any]] = {}
@@ -137,16 +137,22 @@ class MistralNemoLM(TemplateLM):
         return out
 
     def _waves(self, batch: list[ScoredPrompt]) -> list[list[ScoredPrompt]]:
-        """The chunk split in two: one request per shared context first, then the others."""
+        """The chunk split in two: first one request per leading block of context, then the others.
+
+        Requests whose contexts start with the same full block (a question's choices, or MMLU's
+        questions after the same five worked examples) wait for the first of them, and then find
+        the longest prefix they share with it in the prefix cache.
+        """
         block = self.llm.engine.config.block_size
         seen: set[tuple[int, ...]] = set()
         leaders: list[ScoredPrompt] = []
         followers: list[ScoredPrompt] = []
         for prompt, span in batch:
             context = prompt[: len(prompt) - span]
-            shares = len(context) > block and context in seen  # at least one full block to reuse
+            first_block = context[:block]
+            shares = len(context) > block and first_block in seen  # a full block it may reuse
             (followers if shares else leaders).append((prompt, span))
-            seen.add(context)
+            seen.add(first_block)
         return [wave for wave in (leaders, followers) if wave]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
