@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mistral_nemo.engine.llm import LLM
 from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.tokenizer import Tokenizer
 
 # Requests handed to the engine at once: large enough to fill its batches, small enough that the
 # progress bar moves and the prompt-logprob rows of one chunk stay a few hundred MB at most.
@@ -218,7 +219,7 @@ def _scoring_params(first_scored: int) -> SamplingParams:
     return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, prompt_logprobs_from=first_scored)
 
 
-def _optional_id(tokenizer: Any, name: str) -> int | None:
+def _optional_id(tokenizer: Tokenizer, name: str) -> int | None:
     try:
         return int(getattr(tokenizer, name))
     except Exception:  # the tokenizer has no such token (TokenizerError) or attribute
