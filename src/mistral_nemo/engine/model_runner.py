@@ -70,7 +70,8 @@ class ModelRunner:
         slot_mapping: list[torch.Tensor] = []
         slices: list[SeqSlice] = []
         rows: list[int] = []
-        wants: list[tuple[int, str, int, int]] = []  # (seq_id, kind, first row index in `rows`, count)
+        # (seq_id, first prompt position or None for the next-token row, first index in `rows`, count)
+        wants: list[tuple[int, int | None, int, int]] = []
         for item in batch:
             seq, start, count = item.seq, item.seq.num_computed, item.num_tokens
             end = start + count
@@ -80,12 +81,14 @@ class ModelRunner:
             context_slots = self.cache.slots_for(seq.block_table, 0, end)
             slot_mapping.append(context_slots[start:end])
             slices.append(SeqSlice(query_start, count, context_slots))
-            prompt_rows = min(end, len(seq.prompt_ids) - 1) - start  # rows predicting prompt tokens
+            # Rows predicting the wanted prompt tokens (row t predicts token t + 1).
+            first = max(start, seq.params.prompt_logprobs_from - 1)
+            prompt_rows = min(end, len(seq.prompt_ids) - 1) - first
             if seq.params.prompt_logprobs is not None and prompt_rows > 0:
-                wants.append((seq.seq_id, "prompt", len(rows), prompt_rows))
-                rows += range(query_start, query_start + prompt_rows)
+                wants.append((seq.seq_id, first, len(rows), prompt_rows))
+                rows += range(query_start + first - start, query_start + first - start + prompt_rows)
             if end == len(seq):
-                wants.append((seq.seq_id, "next", len(rows), 1))
+                wants.append((seq.seq_id, None, len(rows), 1))
                 rows.append(query_start + count - 1)
         self.cache.begin_step(torch.cat(slot_mapping), slices)
         if self.adapters is not None:
@@ -99,10 +102,9 @@ class ModelRunner:
             output_rows=torch.tensor(rows, device=self.device, dtype=torch.long),
         ).float()
         result = StepLogits(logits, {}, {})
-        starts = {item.seq.seq_id: item.seq.num_computed for item in batch}
-        for seq_id, kind, first, count in wants:
-            if kind == "next":
+        for seq_id, position, first, count in wants:
+            if position is None:
                 result.next_token[seq_id] = first
             else:
-                result.prompt[seq_id] = (starts[seq_id], logits[first : first + count])
+                result.prompt[seq_id] = (position, logits[first : first + count])
         return result

@@ -108,7 +108,11 @@ class OutputProcessor:
             if out.index == 0:
                 request.num_cached_tokens = out.num_cached_tokens
             if out.new_prompt_logprobs and request.prompt_logprobs is not None:
-                request.prompt_logprobs.extend(out.new_prompt_logprobs)
+                # Stored by position: positions before prompt_logprobs_from stay None, and a preempted
+                # sequence recomputing its prompt writes the same entries again instead of appending.
+                entries, at = request.prompt_logprobs, out.prompt_logprobs_position
+                entries += [None] * (at + len(out.new_prompt_logprobs) - len(entries))
+                entries[at : at + len(out.new_prompt_logprobs)] = out.new_prompt_logprobs
             state = request.seqs[out.index]
             if self._add_tokens(state, out) and out.finish_reason is None:
                 to_finish.append((out.request_id, out.index))

@@ -115,6 +115,10 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # The first prompt position whose logprob is wanted (0: all). Earlier positions are reported as
+    # None, so the prefix cache may serve them: a loglikelihood request scoring only its
+    # continuation shares its context's KV blocks with the other choices of the same question.
+    prompt_logprobs_from: int = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     # Constrained output, compiled by the engine when the request is added (engine/structured_output.py).
@@ -160,6 +164,7 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
+        _check_int("prompt_logprobs_from", self.prompt_logprobs_from, 0)
 
     @property
     def greedy(self) -> bool:

@@ -100,8 +100,7 @@ class Scheduler:
             if _sibling_still_prefilling(seq):
                 skipped.append(seq)  # wait to share its prompt blocks through the prefix cache
                 continue
-            use_cache = seq.params.prompt_logprobs is None  # cached rows have no logits to report
-            cached = self.blocks.cached_prefix(seq.all_ids, seq.cache_salt) if use_cache else []
+            cached = self.blocks.cached_prefix(_cacheable_ids(seq), seq.cache_salt)
             start = len(cached) * self.blocks.block_size
             count = min(len(seq) - start, budget)
             if not self.blocks.can_admit(cached, start + count):
@@ -137,6 +136,14 @@ class Scheduler:
     @property
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
+
+
+def _cacheable_ids(seq: Sequence) -> list[int]:
+    """The ids the prefix cache may serve: cached rows have no logits, so with prompt logprobs only
+    the ids before the first wanted position's predicting row (cached_prefix keeps the last id)."""
+    if seq.params.prompt_logprobs is None:
+        return seq.all_ids
+    return seq.all_ids[: seq.params.prompt_logprobs_from]
 
 
 def _sibling_still_prefilling(seq: Sequence) -> bool:

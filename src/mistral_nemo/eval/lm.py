@@ -6,8 +6,9 @@ model_args="pretrained=PATH,quantization=none")` works once `mistral_nemo.eval` 
 Tokenization follows lm-eval's `hf` backend: the tokenizer's own BOS default (a Mistral model's
 `<s>`; none for SmolLM2), no second BOS when the text already starts with it, and BOS (else EOS) as
 the context of an empty-context request. Loglikelihoods come from the engine's prompt logprobs
-(log-softmax of float32 logits), all requests of a task submitted together so the engine batches
-them; `is_greedy` compares token ids with the top-1 prompt logprob.
+(log-softmax of float32 logits) of the continuation only, so the context can come from the prefix
+cache; requests go to the engine in chunks that it batches. `is_greedy` compares token ids with the
+top-1 prompt logprob.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ GENERATION_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p
 
 # lm-eval's (context, continuation) cache key, context ids, continuation ids
 LoglikelihoodRequest = tuple[Any, list[int], list[int]]
+# A prompt to score and how many of its last tokens are scored
+ScoredPrompt = tuple[tuple[int, ...], int]
 
 
 @register_model("mistral-nemo")
@@ -103,33 +106,59 @@ class MistralNemoLM(TemplateLM):
     ) -> list[tuple[float, bool]]:
         """(sum of the continuation's logprobs, whether greedy decoding gives the continuation)."""
         window = self.max_length - 1  # one slot for the token the engine must generate
-        prompts: list[list[int]] = []
-        spans: list[int] = []
+        keys: list[ScoredPrompt] = []
         for _, context, continuation in requests:
             whole = (context + continuation)[-window:]
-            prompts.append(whole)
-            spans.append(min(len(continuation), len(whole) - 1))
-        unique = {tuple(p): None for p in prompts}  # the same (context, continuation) scored once
-        logprobs = self._prompt_logprobs([list(p) for p in unique], disable_tqdm)
-        scored = dict(zip(unique, logprobs, strict=True))
+            keys.append((tuple(whole), min(len(continuation), len(whole) - 1)))
+        unique = list(dict.fromkeys(keys))  # the same (context, continuation) scored once
+        scored = dict(zip(unique, self._prompt_logprobs(unique, disable_tqdm), strict=True))
         results = []
-        for prompt, span in zip(prompts, spans, strict=True):
-            entries = scored[tuple(prompt)][len(prompt) - span :]
+        for key in keys:
+            entries = scored[key]
             total = sum(e.logprob for e in entries)
             greedy = all(e.top and e.top[0][0] == e.token_id for e in entries)
             results.append((float(total), bool(greedy)))
         return results
 
-    def _prompt_logprobs(self, prompts: list[list[int]], disable_tqdm: bool) -> list[list[Any]]:
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+    def _prompt_logprobs(self, prompts: list[ScoredPrompt], disable_tqdm: bool) -> list[list[Any]]:
+        """The logprobs of each prompt's last `span` tokens.
+
+        Only those positions are asked for, so the engine may serve the context from its prefix
+        cache. Per chunk, requests that share the start of their context run after the first of
+        them (`_waves`), so they find its blocks cached.
+        """
         out: list[list[Any]] = []
+        scored: dict[ScoredPrompt, list[Any]] = {}
         with self._bar(len(prompts), "loglikelihood", disable_tqdm) as bar:
             for start in range(0, len(prompts), self.chunk):
                 batch = prompts[start : start + self.chunk]
-                for result in self.llm.generate(batch, params, use_tqdm=False):
-                    out.append(list(result.prompt_logprobs or []))
+                for wave in self._waves(batch):
+                    params = [_scoring_params(len(p) - span) for p, span in wave]
+                    outputs = self.llm.generate([list(p) for p, _ in wave], params, use_tqdm=False)
+                    for (prompt, span), result in zip(wave, outputs, strict=True):
+                        scored[(prompt, span)] = list(result.prompt_logprobs or [])[len(prompt) - span :]
+                out += [scored.pop(key) for key in batch]
                 bar.update(len(batch))
         return out
+
+    def _waves(self, batch: list[ScoredPrompt]) -> list[list[ScoredPrompt]]:
+        """The chunk split in two: first one request per leading block of context, then the others.
+
+        Requests whose contexts start with the same full block (a question's choices, or MMLU's
+        questions after the same five worked examples) wait for the first of them, and then find
+        the longest prefix they share with it in the prefix cache.
+        """
+        block = self.llm.engine.config.block_size
+        seen: set[tuple[int, ...]] = set()
+        leaders: list[ScoredPrompt] = []
+        followers: list[ScoredPrompt] = []
+        for prompt, span in batch:
+            context = prompt[: len(prompt) - span]
+            first_block = context[:block]
+            shares = len(context) > block and first_block in seen  # a full block it may reuse
+            (followers if shares else leaders).append((prompt, span))
+            seen.add(first_block)
+        return [wave for wave in (leaders, followers) if wave]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         """Perplexity-style scores: disjoint windows of the whole text, as lm-eval's hf backend cuts them."""
@@ -187,6 +216,11 @@ class MistralNemoLM(TemplateLM):
 
     def _bar(self, total: int, desc: str, disable: bool) -> Any:
         return tqdm(total=total, desc=desc, unit="item", disable=disable or not self.show_progress)
+
+
+def _scoring_params(first_scored: int) -> SamplingParams:
+    """One token generated (the engine must); the prompt's logprobs from `first_scored` on."""
+    return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, prompt_logprobs_from=first_scored)
 
 
 def _optional_id(tokenizer: Tokenizer, name: str) -> int | None:
