@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,10 @@ from mistral_nemo.entrypoints.model_options import (
     size_argument,
 )
 from mistral_nemo.entrypoints.remote_chat import API_KEY_ENV
+from mistral_nemo.entrypoints.tensor_parallel_options import TensorParallelLaunch
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
+LOST_RANK_GRACE = 2.0  # seconds of 503 answers after a tensor-parallel rank dies, before the server exits
 
 if TYPE_CHECKING:
     from mistral_nemo.engine.async_engine import AsyncLLMEngine
@@ -85,6 +88,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="browser origins allowed by CORS, as vLLM (default: * = any; none given: no CORS headers)",
     )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int,
+        metavar="N",
+        help="split the model over N processes (ranks) joined by torch.distributed, each holding 1/N of "
+        "the weights and KV cache (gloo on CPU, NCCL on GPUs); started here, or by torchrun "
+        "(default: torchrun's WORLD_SIZE, else 1)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(run=run)
 
@@ -115,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from mistral_nemo.entrypoints.model_options import load_for_cli
     from mistral_nemo.entrypoints.server import ServerConfig, build_app
     from mistral_nemo.entrypoints.server.shutdown import GracefulServer
+    from mistral_nemo.model.tensor_parallel import TensorParallelError
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
@@ -136,13 +148,33 @@ def run(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failure: list[BaseException] = []
+    parallel = TensorParallelLaunch.from_args(args)
+    if parallel is not None and parallel.is_worker:  # torchrun's ranks 1..N-1 serve steps, not HTTP
+        parallel.run_worker()
+        return 0
 
     def build_engine() -> AsyncLLMEngine:
-        loaded = load_for_cli(args)
+        if parallel is not None:
+            loaded, engine = parallel.build(engine_limits, on_rank_lost)
+        else:
+            loaded = load_for_cli(args)
+            engine = LLMEngine(loaded, engine_limits)
         # Request fields left out take the model's sampling defaults (generation_config.json, NeMo's 0.3,
         # the embedded model's greedy), as vLLM does; a request's own field always wins.
         server_config.sampling_defaults = loaded.generation_defaults
-        return AsyncLLMEngine(LLMEngine(loaded, engine_limits))
+        async_engine.append(AsyncLLMEngine(engine))
+        return async_engine[0]
+
+    async_engine: list[AsyncLLMEngine] = []
+    lost: list[str] = []
+
+    def on_rank_lost(reason: str) -> None:
+        """A rank died: requests get 503 (engine dead) at once, and the server stops shortly after."""
+        logging.getLogger("mistral_nemo.server").error("%s; stopping the server", reason)
+        lost.append(reason)
+        if async_engine:
+            async_engine[0].dead = TensorParallelError(reason)
+        threading.Timer(LOST_RANK_GRACE, lambda: setattr(server, "should_exit", True)).start()
 
     def on_load_error(exc: BaseException) -> None:
         failure.append(exc)
@@ -158,7 +190,13 @@ def run(args: argparse.Namespace) -> int:
         f"mistral-nemo serve: listening on {where} (loading the model; /health says when ready)",
         file=sys.stderr,
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        if parallel is not None:
+            parallel.close()
     if failure:
         raise ValueError(f"the model failed to load: {failure[0]}")
+    if lost:
+        raise TensorParallelError(f"the server stopped: {lost[0]}")
     return 0
