@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -52,7 +53,21 @@ def _rank_device(device: str | None, local_rank: int) -> str | None:
     return device
 
 
+def _exit_with_parent() -> None:
+    """A spawned rank must not outlive rank 0 (killed, or exited with os._exit, mid-load or waiting
+    in the group's rendezvous, where no collective would fail): leave when the parent changes."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tp-parent-watch", daemon=True).start()
+
+
 def _worker_main(rank: int, size: int, port: int, device: str | None, options: dict[str, Any]) -> None:
+    _exit_with_parent()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(_backend(device), rank=rank, world_size=size, timeout=_COLLECTIVE_TIMEOUT)
     try:
