@@ -38,7 +38,7 @@ def server() -> Iterator[tuple[subprocess.Popen, str, Path]]:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while True:
             assert proc.poll() is None, log.read_text()
             try:

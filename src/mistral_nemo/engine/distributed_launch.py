@@ -160,6 +160,7 @@ class TensorParallelGroup:
         if self._closing or self.runner is None:
             return
         process = sentinels[ended[0]]  # type: ignore[index]
+        process.join(5)  # its exit code
         self.runner.rank_lost(
             f"tensor-parallel {process.name} (pid {process.pid}) exited (code {process.exitcode})"
         )
