@@ -115,7 +115,7 @@ def test_two_ranks_give_one_process_logits(nemo_folder: Path) -> None:
     ranks = [context.Process(target=rank_logits, args=(r, *args)) for r in range(2)]
     for rank in ranks:
         rank.start()
-    got = out.get(timeout=240)
+    got = out.get(timeout=480)
     for rank in ranks:
         rank.join(60)
         assert rank.exitcode == 0
