@@ -112,7 +112,10 @@ def test_a_cut_stream_is_aborted_and_the_ranks_stay_in_step(
 
 def _rank_processes(pid: int) -> list[int]:
     """The server's spawned rank processes (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    # Every thread's children: the ranks are spawned by the thread that loads the model.
+    children = [
+        c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+    ]
     ranks = []
     for child in map(int, children):
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
