@@ -173,10 +173,20 @@ def test_admission_errors_are_distinct(nemo: LoadedModel) -> None:
     engine = LLMEngine(
         nemo, EngineConfig(num_blocks=8, block_size=4, max_num_seqs=1, max_queue=2, max_model_len=64)
     )
-    with pytest.raises(ContextLengthError, match=r"64 tokens.*10 prompt tokens.*100 more"):
+    info = engine.info  # the public facts a server reads
+    assert (info.model_name, info.max_model_len, info.vocab_size) == (nemo.name, 64, nemo.args.vocab_size)
+    assert (info.kv_cache_blocks, info.kv_cache_tokens, info.capacity_tokens, info.max_sequences) == (
+        8,
+        32,
+        32,
+        3,
+    )
+    with pytest.raises(ContextLengthError, match=r"64 tokens.*10 prompt tokens.*100 more") as too_long:
         engine.add_request("long", list(range(1000, 1010)), SamplingParams(max_tokens=100))
-    with pytest.raises(NeverFitsError, match="whole cache holds 32"):
+    assert too_long.value.code == "context_length_exceeded"
+    with pytest.raises(NeverFitsError, match="whole cache holds 32") as never:
         engine.add_request("big", list(range(1000, 1010)), SamplingParams(max_tokens=40))
+    assert never.value.code is None and "server" not in str(never.value)
     with pytest.raises(RequestError, match="outside the vocabulary"):
         engine.add_request("bad", [10**7], SamplingParams(max_tokens=1))
     with pytest.raises(RequestError, match="stop_token_ids names a token id outside"):
@@ -186,8 +196,9 @@ def test_admission_errors_are_distinct(nemo: LoadedModel) -> None:
     engine.add_request("a", [1000, 1001], SamplingParams(max_tokens=2))
     engine.add_request("b", [1000, 1001], SamplingParams(max_tokens=2))
     engine.add_request("c", [1000, 1001], SamplingParams(max_tokens=2))  # the free running slot
-    with pytest.raises(QueueFullError, match="overloaded"):
+    with pytest.raises(QueueFullError, match="overloaded") as full:
         engine.add_request("d", [1000, 1001], SamplingParams(max_tokens=2))
+    assert full.value.code == "overloaded" and "server" not in str(full.value)
     assert not isinstance(QueueFullError("x"), ValueError)  # 503, not a client error
 
 

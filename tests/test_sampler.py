@@ -74,8 +74,9 @@ def _row(
     ],
 )
 def test_out_of_range_parameter_is_named(name: str, value: object) -> None:
-    with pytest.raises(SamplingParamsError, match=name):
+    with pytest.raises(SamplingParamsError, match=name) as error:
         SamplingParams(**{name: value})
+    assert error.value.param == name  # what a server reports as the field at fault
 
 
 def test_params_normalisation_and_clone() -> None:

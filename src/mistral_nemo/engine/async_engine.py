@@ -14,11 +14,12 @@ import queue
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
+from mistral_nemo.engine.info import EngineInfo
 from mistral_nemo.engine.llm_engine import EngineStats, LLMEngine
 from mistral_nemo.engine.outputs import RequestOutput
 from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.tokenizer import Tokenizer
 
 
 class EngineDeadError(RuntimeError):
@@ -51,8 +52,13 @@ class AsyncLLMEngine:
         self.stopping: EngineShutdownError | None = None
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
+
+    @property
+    def info(self) -> EngineInfo:
+        """The served model, its context, the KV capacity and the engine's limits."""
+        return self.engine.info
 
     def start(self) -> None:
         """Start the engine thread; call from the event loop that will consume the streams."""

@@ -136,7 +136,7 @@ class TensorParallelGroup:
         """Rank 0: give the other ranks the engine's cache shape and make its runner broadcast steps."""
         broadcast(("cache", CacheShape(engine.cache.num_blocks, engine.cache.block_size)))
         self.runner = TensorParallelRunner(engine.runner, on_rank_lost)
-        engine.runner = self.runner  # type: ignore[assignment]
+        engine.core.runner = self.runner  # type: ignore[assignment]
         if self.processes:
             threading.Thread(target=self._watch, name="tp-rank-monitor", daemon=True).start()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -20,7 +19,7 @@ from mistral_nemo.engine.sampler import make_generator, sample_next
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.engine.stop_strings import StopStringFilter
 from mistral_nemo.model.transformer import Transformer
-from mistral_nemo.tokenizer import IncrementalDetokenizer
+from mistral_nemo.tokenizer import IncrementalDetokenizer, Tokenizer
 
 PREFILL_CHUNK = 2048  # long prompts are prefilled in pieces to bound the attention mask's memory
 
@@ -45,7 +44,7 @@ class Generation:
 
 
 def stream_generate(
-    model: Transformer, tokenizer: Any, prompt_ids: Sequence[int], params: SamplingParams
+    model: Transformer, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams
 ) -> Iterator[GenerationStep]:
     """Yield one step per generated token; the last step carries the finish reason."""
     if not prompt_ids:
@@ -86,7 +85,7 @@ def stream_generate(
 
 
 def generate(
-    model: Transformer, tokenizer: Any, prompt_ids: Sequence[int], params: SamplingParams
+    model: Transformer, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams
 ) -> Generation:
     """The whole generation at once."""
     texts, ids, reason = [], [], "length"

@@ -18,7 +18,12 @@ GREEDY_TEMPERATURE = 1e-5  # temperatures below it sample greedily
 
 
 class SamplingParamsError(ValueError):
-    """A sampling parameter is out of range; the message names it."""
+    """A sampling parameter is out of range: `param` names it (the message does too)."""
+
+    def __init__(self, message: str, *, param: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 def _is_int(value: Any) -> bool:
@@ -34,13 +39,13 @@ def _check_number(name: str, value: Any, low: float, high: float, low_open: bool
     ok = _is_number(value) and (low < value if low_open else low <= value) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise SamplingParamsError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+        raise SamplingParamsError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}", param=name)
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if not _is_int(value) or value < low or (high is not None and value > high):
         allowed = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise SamplingParamsError(f"{name} must be an integer {allowed}, got {value!r}")
+        raise SamplingParamsError(f"{name} must be an integer {allowed}, got {value!r}", param=name)
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,23 @@ class StructuredOutputsParams:
         if len(given) != 1:
             raise SamplingParamsError(
                 "structured_outputs needs exactly one of json, json_object, choice, regex, grammar; "
-                f"got {given}"
+                f"got {given}",
+                param="structured_outputs",
             )
         if self.choice is not None and (
             not isinstance(self.choice, list)
             or not self.choice
             or not all(isinstance(c, str) for c in self.choice)
         ):
-            raise SamplingParamsError("structured_outputs.choice must be a non-empty list of strings")
+            raise SamplingParamsError(
+                "structured_outputs.choice must be a non-empty list of strings",
+                param="structured_outputs.choice",
+            )
         for name in ("regex", "grammar"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise SamplingParamsError(f"structured_outputs.{name} must be a string")
+                raise SamplingParamsError(
+                    f"structured_outputs.{name} must be a string", param=f"structured_outputs.{name}"
+                )
 
 
 @dataclass
@@ -122,22 +133,28 @@ class SamplingParams:
         if self.top_k == -1:  # vLLM spells "off" as -1
             self.top_k = 0
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise SamplingParamsError(f"top_k must be 0 or -1 (off) or an integer >= 1, got {self.top_k!r}")
+            raise SamplingParamsError(
+                f"top_k must be 0 or -1 (off) or an integer >= 1, got {self.top_k!r}", param="top_k"
+            )
         _check_number("min_p", self.min_p, 0.0, 1.0)
         _check_number("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _check_number("repetition_penalty", self.repetition_penalty, 0.0, 2.0, low_open=True)
         if self.seed is not None and not _is_int(self.seed):
-            raise SamplingParamsError(f"seed must be an integer or None, got {self.seed!r}")
+            raise SamplingParamsError(f"seed must be an integer or None, got {self.seed!r}", param="seed")
         if not isinstance(self.stop, list) or any(not isinstance(s, str) or not s for s in self.stop):
-            raise SamplingParamsError("stop must be a list of non-empty strings")
+            raise SamplingParamsError("stop must be a list of non-empty strings", param="stop")
         self.stop_token_ids = list(self.stop_token_ids)
         if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
-            raise SamplingParamsError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids!r}")
+            raise SamplingParamsError(
+                f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids!r}", param="stop_token_ids"
+            )
         if self.structured_outputs is not None and not isinstance(
             self.structured_outputs, StructuredOutputsParams
         ):
-            raise SamplingParamsError("structured_outputs must be a StructuredOutputsParams")
+            raise SamplingParamsError(
+                "structured_outputs must be a StructuredOutputsParams", param="structured_outputs"
+            )
         self.logit_bias = _normalise_logit_bias(self.logit_bias)
         _check_int("min_tokens", self.min_tokens, 0, self.max_tokens)
         for name in ("logprobs", "prompt_logprobs"):
@@ -161,19 +178,26 @@ def _normalise_logit_bias(bias: Any) -> dict[int, float] | None:
     if bias is None:
         return None
     if not isinstance(bias, dict):
-        raise SamplingParamsError(f"logit_bias must be a mapping of token id to bias, got {bias!r}")
+        raise SamplingParamsError(
+            f"logit_bias must be a mapping of token id to bias, got {bias!r}", param="logit_bias"
+        )
     result: dict[int, float] = {}
     for key, value in bias.items():
         try:
             token = key if _is_int(key) else int(str(key).strip())
         except ValueError:
-            raise SamplingParamsError(f"logit_bias keys must be token ids, got {key!r}") from None
+            raise SamplingParamsError(
+                f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+            ) from None
         if token < 0:
-            raise SamplingParamsError(f"logit_bias keys must be token ids >= 0, got {key!r}")
+            raise SamplingParamsError(
+                f"logit_bias keys must be token ids >= 0, got {key!r}", param="logit_bias"
+            )
         if not _is_number(value) or not math.isfinite(value) or abs(value) > MAX_LOGIT_BIAS:
             limit = f"{MAX_LOGIT_BIAS:g}"
             raise SamplingParamsError(
-                f"logit_bias values must be in [-{limit}, {limit}], got {value!r} for {key!r}"
+                f"logit_bias values must be in [-{limit}, {limit}], got {value!r} for {key!r}",
+                param="logit_bias",
             )
         result[token] = float(value)
     return result

@@ -59,13 +59,13 @@ class Scheduler:
             capacity = self.blocks.num_blocks * self.blocks.block_size
             raise NeverFitsError(
                 f"the request needs up to {longest} tokens of KV cache but the whole cache holds {capacity}; "
-                "lower max_tokens or give the server more KV cache memory"
+                "lower max_tokens or give the engine more KV cache memory (kv_cache_memory)"
             )
         # Free running slots are not queue places: requests added in one burst all wait until the
         # next step moves up to max_num_seqs of them to running.
         free_slots = max(0, self.max_num_seqs - len(self.running))
         if len(self.waiting) + n > self.max_queue + free_slots:
-            raise QueueFullError(f"the server is overloaded: {len(self.waiting)} requests are waiting")
+            raise QueueFullError(f"the engine is overloaded: {len(self.waiting)} requests are waiting")
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)

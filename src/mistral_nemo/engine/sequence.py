@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -46,8 +45,6 @@ class Sequence:
     # For n > 1: the request's first sample; the others start once it has read the prompt,
     # so they find the prompt's blocks in the prefix cache instead of recomputing them.
     first_sibling: Sequence | None = None
-    # Filled by the engine's output processing (text, logprobs ...), kept with the sequence.
-    state: Any = None
     # prompt + output, kept alongside so that a step never rebuilds the whole context as a list.
     all_ids: list[int] = field(init=False, repr=False)
 

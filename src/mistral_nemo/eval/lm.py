@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from mistral_nemo.engine.llm import LLM
 from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.tokenizer import Tokenizer
 
 # Requests handed to the engine at once: large enough to fill its batches, small enough that the
 # progress bar moves and the prompt-logprob rows of one chunk stay a few hundred MB at most.
@@ -184,7 +185,7 @@ class MistralNemoLM(TemplateLM):
         return tqdm(total=total, desc=desc, unit="item", disable=disable or not self.show_progress)
 
 
-def _optional_id(tokenizer: Any, name: str) -> int | None:
+def _optional_id(tokenizer: Tokenizer, name: str) -> int | None:
     try:
         return int(getattr(tokenizer, name))
     except Exception:  # the tokenizer has no such token (TokenizerError) or attribute

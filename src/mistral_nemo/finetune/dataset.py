@@ -12,6 +12,7 @@ from mistral_nemo.finetune.config import TrainConfig
 from mistral_nemo.finetune.data.packing import Window, endless, interleave, pack
 from mistral_nemo.finetune.data.samples import SampleType
 from mistral_nemo.finetune.data.sources import BadLine, DataSource, parse_sources, read_samples
+from mistral_nemo.tokenizer import Tokenizer
 
 _SHOWN_BAD_LINES = 20
 
@@ -34,7 +35,7 @@ class BadLineReporter(list[BadLine]):
 
 
 def training_windows(
-    config: TrainConfig, tokenizer: Any, bad_lines: BadLineReporter, rank: int = 0, world_size: int = 1
+    config: TrainConfig, tokenizer: Tokenizer, bad_lines: BadLineReporter, rank: int = 0, world_size: int = 1
 ) -> Iterator[Window]:
     sources = parse_sources(config.data.data, config.data.instruct_data)
     streams = [_source_windows(s, config, tokenizer, bad_lines, rank, world_size) for s in sources]
@@ -45,7 +46,7 @@ def training_windows(
 def _source_windows(
     source: DataSource,
     config: TrainConfig,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     bad_lines: BadLineReporter,
     rank: int,
     world_size: int,
@@ -62,7 +63,7 @@ def _source_windows(
     return pack(endless(read, shuffle, rng), config.seq_len)
 
 
-def eval_windows(config: TrainConfig, tokenizer: Any, bad_lines: BadLineReporter) -> list[Window]:
+def eval_windows(config: TrainConfig, tokenizer: Tokenizer, bad_lines: BadLineReporter) -> list[Window]:
     """Every evaluation sample once, packed, the last window padded (no chunking, no shuffling)."""
     windows: list[Window] = []
     for source in parse_sources("", config.data.eval_instruct_data):

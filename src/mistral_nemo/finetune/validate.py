@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mistral_nemo.finetune.config import TrainConfig
 from mistral_nemo.finetune.data.samples import SampleType
 from mistral_nemo.finetune.data.sources import BadLine, DataSource, parse_sources, read_samples
+from mistral_nemo.tokenizer import Tokenizer
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ValidationReport:
         return out
 
 
-def validate_data(config: TrainConfig, tokenizer: Any, world_size: int = 1) -> ValidationReport:
+def validate_data(config: TrainConfig, tokenizer: Tokenizer, world_size: int = 1) -> ValidationReport:
     report = ValidationReport()
     report.tokens_per_step = config.seq_len * config.batch_size * config.num_microbatches * world_size
     report.train_tokens = report.tokens_per_step * config.max_steps
@@ -65,7 +65,9 @@ def validate_data(config: TrainConfig, tokenizer: Any, world_size: int = 1) -> V
     return report
 
 
-def _count(source: DataSource, kind: str, tokenizer: Any, errors: list[BadLine], chunk: bool) -> SourceReport:
+def _count(
+    source: DataSource, kind: str, tokenizer: Tokenizer, errors: list[BadLine], chunk: bool
+) -> SourceReport:
     entry = SourceReport(source.path, kind, source.weight if kind != "eval" else 0.0)
     chunk = chunk and source.sample_type is SampleType.INSTRUCT and kind != "eval"
     for file in source.files:

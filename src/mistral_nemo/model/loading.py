@@ -6,7 +6,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -35,7 +34,7 @@ from mistral_nemo.model.weights import (
     private_file_maps,
     read_json,
 )
-from mistral_nemo.tokenizer import TekkenTokenizer, load_tokenizer
+from mistral_nemo.tokenizer import TekkenTokenizer, Tokenizer, load_tokenizer
 from mistral_nemo.tokenizer.gguf_metadata import read_gguf_header
 
 # Above this many parameters a CPU model is kept in bfloat16 (NeMo 12B: 24.5 GB instead of 49 GB).
@@ -45,7 +44,7 @@ _BF16_ON_CPU_ABOVE = 2_000_000_000
 @dataclass
 class LoadedModel:
     model: Transformer
-    tokenizer: Any  # TekkenTokenizer or BpeTokenizer: the interface of mistral_nemo.tokenizer
+    tokenizer: Tokenizer  # TekkenTokenizer or BpeTokenizer: the interface of mistral_nemo.tokenizer
     args: ModelArgs
     source: Path
     format: str  # "mistral", "hf", "gguf" or "quantized" (a folder written by `mistral-nemo quantize`)

@@ -41,7 +41,7 @@ from mistral_nemo.entrypoints.server.errors import APIError, logger, to_api_erro
 from mistral_nemo.entrypoints.server.metrics import RequestTimer
 from mistral_nemo.entrypoints.server.protocol import ChatCompletionRequest, parse_body
 from mistral_nemo.entrypoints.server.state import ServerState, get_state
-from mistral_nemo.tokenizer import TokenizerError
+from mistral_nemo.tokenizer import Tokenizer, TokenizerError
 
 router = APIRouter()
 
@@ -68,7 +68,7 @@ class Guidance:
 # ---- the hook for constrained decoding --------------------------------------------------------
 
 
-async def guidance(body: ChatCompletionRequest, tokenizer: Any, state: ServerState) -> Guidance:
+async def guidance(body: ChatCompletionRequest, tokenizer: Tokenizer, state: ServerState) -> Guidance:
     """The one place where response_format and tool_choice are handled.
 
     tool_choice: "auto" (the default with tools) parses tool calls out of the output; "none"
@@ -112,7 +112,7 @@ def _guided_module() -> Any:
     return guided
 
 
-def _tool_calls_token(tokenizer: Any) -> int | None:
+def _tool_calls_token(tokenizer: Tokenizer) -> int | None:
     try:
         return int(tokenizer.special_id("[TOOL_CALLS]"))
     except (TokenizerError, AttributeError):
@@ -234,7 +234,7 @@ async def create_chat_completion(request: Request) -> Response:
     )
 
 
-def _encode(state: ServerState, tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
+def _encode(state: ServerState, tokenizer: Tokenizer, body: ChatCompletionRequest) -> ChatPrompt:
     state.check_text_fits(message_text_length(list(body.messages)), "messages")
     return build_prompt(tokenizer, body)
 

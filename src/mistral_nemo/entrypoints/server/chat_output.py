@@ -15,7 +15,7 @@ from typing import Any
 from mistral_nemo.engine.outputs import CompletionOutput
 from mistral_nemo.engine.stop_strings import StopStringFilter
 from mistral_nemo.entrypoints.server.common import chat_logprobs
-from mistral_nemo.tokenizer import ParsedToolCall, ToolCallIdMap, ToolCallParser
+from mistral_nemo.tokenizer import ParsedToolCall, Tokenizer, ToolCallIdMap, ToolCallParser
 
 
 def openai_finish_reason(
@@ -39,7 +39,7 @@ class ChoiceState:
     def __init__(
         self,
         index: int,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         parse_tool_calls: bool,
         stop: list[str],

@@ -15,7 +15,7 @@ from typing import Any
 from mistral_nemo.entrypoints.server.errors import APIError
 from mistral_nemo.entrypoints.server.protocol import ChatCompletionRequest
 from mistral_nemo.entrypoints.server.state import is_tekken
-from mistral_nemo.tokenizer import MistralChatEncoder, ToolCallIdMap
+from mistral_nemo.tokenizer import MistralChatEncoder, Tokenizer, ToolCallIdMap
 from mistral_nemo.tokenizer.chat_template import openai_messages_for_template
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -35,7 +35,7 @@ class ChatPrompt:
     prefix: str = ""  # the text of a final assistant message with prefix: true
 
 
-def build_prompt(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
+def build_prompt(tokenizer: Tokenizer, body: ChatCompletionRequest) -> ChatPrompt:
     messages = list(body.messages)
     if not messages:
         raise APIError(400, "messages must hold at least one message", param="messages")

@@ -23,6 +23,7 @@ from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.entrypoints.server.config import ServerConfig
 from mistral_nemo.entrypoints.server.errors import APIError
 from mistral_nemo.entrypoints.server.protocol import SamplingFields
+from mistral_nemo.tokenizer import Tokenizer
 
 # torch.Generator.manual_seed takes [-2**63, 2**64); sequence i of a request uses seed + i.
 _SEED_RANGE = 2**63
@@ -88,11 +89,11 @@ def finite(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else LOGPROB_FLOOR
 
 
-def token_text(tokenizer: Any, token_id: int) -> str:
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     return str(tokenizer.id_to_piece(token_id))
 
 
-def chat_logprobs(tokenizer: Any, entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+def chat_logprobs(tokenizer: Tokenizer, entries: list[TokenLogprob]) -> list[dict[str, Any]]:
     """OpenAI chat shape (plus token_id, which Mistral's SDK requires)."""
 
     def one(token_id: int, logprob: float) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def chat_logprobs(tokenizer: Any, entries: list[TokenLogprob]) -> list[dict[str,
 
 
 def completion_logprobs(
-    tokenizer: Any, entries: list[TokenLogprob | None], token_ids: list[int], offset: int
+    tokenizer: Tokenizer, entries: list[TokenLogprob | None], token_ids: list[int], offset: int
 ) -> dict[str, Any]:
     """Legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset.
 

@@ -38,6 +38,7 @@ from mistral_nemo.entrypoints.server.errors import APIError, logger, to_api_erro
 from mistral_nemo.entrypoints.server.metrics import RequestTimer
 from mistral_nemo.entrypoints.server.protocol import CompletionRequest, parse_body
 from mistral_nemo.entrypoints.server.state import ServerState, get_state
+from mistral_nemo.tokenizer import Tokenizer
 
 router = APIRouter()
 
@@ -60,7 +61,7 @@ class Job:
     final: RequestOutput | None = None
 
 
-def read_prompts(tokenizer: Any, raw: Any) -> list[Prompt]:
+def read_prompts(tokenizer: Tokenizer, raw: Any) -> list[Prompt]:
     if isinstance(raw, str):
         raw = [raw]
     if not raw:
@@ -89,7 +90,7 @@ def _prompt_count(raw: Any) -> int:
     return len(raw)
 
 
-def _encode(state: ServerState, tokenizer: Any, raw: Any) -> list[Prompt]:
+def _encode(state: ServerState, tokenizer: Tokenizer, raw: Any) -> list[Prompt]:
     texts = [raw] if isinstance(raw, str) else [t for t in raw or [] if isinstance(t, str)]
     for text in texts:
         state.check_text_fits(len(text), "prompt")
@@ -177,7 +178,7 @@ async def _run(job: Job) -> None:
 class _View:
     """Engine outputs -> completion choices, for whole answers and stream chunks alike."""
 
-    def __init__(self, tokenizer: Any, body: CompletionRequest, score_only: bool) -> None:
+    def __init__(self, tokenizer: Tokenizer, body: CompletionRequest, score_only: bool) -> None:
         self.tokenizer = tokenizer
         self.body = body
         self.score_only = score_only

@@ -64,13 +64,12 @@ def to_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, ChatFormatError):
         return APIError(400, str(exc), param=exc.param or "messages")
-    if isinstance(exc, SamplingParamsError):
-        return APIError(400, str(exc), param=str(exc).split(" ", 1)[0])
-    if isinstance(exc, (RequestError, TokenizerError)):
-        code = "context_length_exceeded" if "context length" in str(exc) else None
-        return APIError(400, str(exc), code=code)
+    if isinstance(exc, (SamplingParamsError, RequestError)):
+        return APIError(400, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, TokenizerError):
+        return APIError(400, str(exc))
     if isinstance(exc, QueueFullError):
-        return APIError(503, str(exc), code="overloaded", headers={"Retry-After": "1"})
+        return APIError(503, str(exc), code=exc.code, headers={"Retry-After": "1"})
     if isinstance(exc, EngineShutdownError):
         return APIError(503, str(exc), code="server_shutdown")
     if isinstance(exc, EngineDeadError):

@@ -11,11 +11,12 @@ from typing import Any
 from fastapi import Request
 
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
+from mistral_nemo.engine.info import EngineInfo
 from mistral_nemo.engine.llm_engine import EngineStats
 from mistral_nemo.entrypoints.server.config import NEMO_ALIASES, ServerConfig
 from mistral_nemo.entrypoints.server.errors import APIError
 from mistral_nemo.entrypoints.server.metrics import ServerMetrics
-from mistral_nemo.tokenizer import TekkenTokenizer
+from mistral_nemo.tokenizer import TekkenTokenizer, Tokenizer
 
 SHUTDOWN_MESSAGE = "the server is shutting down"
 
@@ -43,7 +44,7 @@ class ServerState:
             return self._cache[key]
 
     def set_engine(self, engine: AsyncLLMEngine) -> None:
-        names = list(self.config.served_model_names) or [engine.engine.loaded.name]
+        names = list(self.config.served_model_names) or [engine.info.model_name]
         if self.config.add_nemo_aliases and is_tekken(engine.tokenizer):
             names += NEMO_ALIASES
         self.model_names = list(dict.fromkeys(names))  # unique, in order
@@ -89,20 +90,23 @@ class ServerState:
         return self.require_engine().tokenizer
 
     @property
+    def info(self) -> EngineInfo:
+        """The engine's public facts: served model, context, KV capacity, limits."""
+        return self.require_engine().info
+
+    @property
     def max_model_len(self) -> int:
-        return int(self.require_engine().engine.max_model_len)
+        return self.info.max_model_len
 
     @property
     def capacity(self) -> int:
         """Tokens one sequence can ever hold: the context, or the whole KV pool if that is smaller."""
-        engine = self.require_engine().engine
-        return min(engine.max_model_len, engine.blocks.num_blocks * engine.blocks.block_size)
+        return self.info.capacity_tokens
 
     @property
     def max_sequences(self) -> int:
         """Sequences the engine ever holds at once: running slots plus the waiting queue."""
-        config = self.require_engine().engine.config
-        return int(config.max_num_seqs + config.max_queue)
+        return self.info.max_sequences
 
     def check_sequences(self, count: int, param: str) -> None:
         """400 for a request of more sequences than the server can ever hold (a 503 would be retried)."""
@@ -138,12 +142,12 @@ class ServerState:
         return room if room >= 1 else None
 
 
-def max_token_bytes(tokenizer: Any) -> int:
+def max_token_bytes(tokenizer: Tokenizer) -> int:
     """The longest token of the vocabulary, in bytes."""
     return max(len(tokenizer.id_to_bytes(i)) for i in range(tokenizer.vocab_size))
 
 
-def is_tekken(tokenizer: Any) -> bool:
+def is_tekken(tokenizer: Tokenizer) -> bool:
     return isinstance(tokenizer, TekkenTokenizer)
 
 

@@ -21,7 +21,7 @@ from mistral_nemo.entrypoints.server.chat_prompt import build_prompt
 from mistral_nemo.entrypoints.server.errors import APIError, validation_error
 from mistral_nemo.entrypoints.server.protocol import ChatCompletionRequest, parse_body
 from mistral_nemo.entrypoints.server.state import ServerState, get_state, is_tekken
-from mistral_nemo.tokenizer import SpecialTokenPolicy
+from mistral_nemo.tokenizer import SpecialTokenPolicy, TekkenTokenizer, Tokenizer
 
 router = APIRouter()
 
@@ -84,7 +84,7 @@ class DetokenizeBody(BaseModel):
 class ControlTextSplitter:
     """Text -> ids where each control token's literal text becomes its id (Tekken), BPE elsewhere."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: TekkenTokenizer) -> None:
         self.tokenizer = tokenizer
         texts = [tokenizer.id_to_piece(i) for i in range(tokenizer.num_special_tokens)]
         self.ids = {text: i for i, text in enumerate(texts)}
@@ -188,7 +188,7 @@ async def tokenizer_info(request: Request) -> dict[str, Any]:
     return info
 
 
-def _chat_template_source(tokenizer: Any) -> str | None:
+def _chat_template_source(tokenizer: Tokenizer) -> str | None:
     if is_tekken(tokenizer):
         return TEKKEN_CHAT_TEMPLATE
     template = getattr(tokenizer, "chat_template", None)

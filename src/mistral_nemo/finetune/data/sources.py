@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mistral_nemo.finetune.data.samples import (
     DataError,
@@ -22,6 +21,7 @@ from mistral_nemo.finetune.data.samples import (
     pretrain_text,
 )
 from mistral_nemo.finetune.data.tokenize import tokenize_instruct, tokenize_pretrain
+from mistral_nemo.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ def _split_weight(item: str) -> tuple[str, float]:
     return path, weight
 
 
-def encode_line(line: str, sample_type: SampleType, tokenizer: Any, chunk: bool = True) -> list[TokenSample]:
+def encode_line(
+    line: str, sample_type: SampleType, tokenizer: Tokenizer, chunk: bool = True
+) -> list[TokenSample]:
     """One JSONL line -> its samples (a tool conversation may give several); DataError if unusable."""
     try:
         data = json.loads(line)
@@ -104,7 +106,7 @@ def encode_line(line: str, sample_type: SampleType, tokenizer: Any, chunk: bool 
 def read_samples(
     path: Path,
     sample_type: SampleType,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     bad_lines: list[BadLine] | None = None,
     rank: int = 0,
     world_size: int = 1,

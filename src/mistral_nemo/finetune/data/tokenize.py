@@ -23,12 +23,12 @@ import json
 from typing import Any
 
 from mistral_nemo.finetune.data.samples import DataError, InstructSample, TokenSample
-from mistral_nemo.tokenizer import MistralChatEncoder, TekkenTokenizer
+from mistral_nemo.tokenizer import MistralChatEncoder, TekkenTokenizer, Tokenizer
 from mistral_nemo.tokenizer.chat_messages import Message, ToolCall
 from mistral_nemo.tokenizer.errors import ChatFormatError, TokenizerError
 
 
-def tokenize_pretrain(text: str, tokenizer: Any) -> TokenSample:
+def tokenize_pretrain(text: str, tokenizer: Tokenizer) -> TokenSample:
     """`<s>` text `</s>`, every token trained (BOS / EOS only where the tokenizer has them)."""
     ids = tokenizer.encode(text)
     for attr, at_end in (("bos_id", False), ("eos_id", True)):
@@ -40,7 +40,7 @@ def tokenize_pretrain(text: str, tokenizer: Any) -> TokenSample:
     return TokenSample(ids, [True] * len(ids))
 
 
-def tokenize_instruct(sample: InstructSample, tokenizer: Any) -> TokenSample:
+def tokenize_instruct(sample: InstructSample, tokenizer: Tokenizer) -> TokenSample:
     if isinstance(tokenizer, TekkenTokenizer):
         return _tokenize_tekken(sample, MistralChatEncoder(tokenizer))
     return _tokenize_with_template(sample, tokenizer)
@@ -118,7 +118,7 @@ def _as_dict(message: Message) -> dict[str, Any]:
     return out
 
 
-def _tokenize_with_template(sample: InstructSample, tokenizer: Any) -> TokenSample:
+def _tokenize_with_template(sample: InstructSample, tokenizer: Tokenizer) -> TokenSample:
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError("this model's tokenizer has no chat template, so instruct data cannot be encoded")
     chat = ([{"role": "system", "content": sample.system_prompt}] if sample.system_prompt else []) + [

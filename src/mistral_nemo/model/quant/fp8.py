@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 from torch import nn
 
 from mistral_nemo.model.quant import linear as _linear
-from mistral_nemo.model.quant.linear import _QuantLinear, _weight_of
+from mistral_nemo.model.quant.linear import QuantLinear, linear_weight
 
 FP8 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
@@ -112,7 +112,7 @@ def _has_fp8_mm(device: torch.device) -> bool:
 _ROWWISE_FAILED: set[torch.device] = set()  # devices whose torch / GPU refused row-wise scales once
 
 
-class Fp8Linear(_QuantLinear):
+class Fp8Linear(QuantLinear):
     """Drop-in for a bias-free nn.Linear holding float8_e4m3fn weights [out, in].
 
     Buffers: `weight` (float8_e4m3fn [out, in]); `weight_scale` (float32, shape [] per tensor or [out]
@@ -154,7 +154,7 @@ class Fp8Linear(_QuantLinear):
         Error bound (round to nearest, 3 mantissa bits): |w - w_q| <= max(|w| / 16, scale / 1024) per
         element; the second term covers e4m3's subnormals (|w| < 2^-6 scale, step 2^-9 scale).
         """
-        w = _weight_of(weight)
+        w = linear_weight(weight)
         rows, cols = w.shape
         step = max(1, _linear._BLOCK_ELEMS // cols)
         if per_channel:

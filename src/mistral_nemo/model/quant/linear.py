@@ -26,7 +26,7 @@ from mistral_nemo.model.quant import kernels
 _BLOCK_ELEMS = 1 << 21
 
 
-def _weight_of(linear_or_weight: nn.Linear | torch.Tensor) -> torch.Tensor:
+def linear_weight(linear_or_weight: nn.Linear | torch.Tensor) -> torch.Tensor:
     if isinstance(linear_or_weight, nn.Linear):
         if linear_or_weight.bias is not None:
             raise ValueError("quantized linears here have no bias (NeMo's linears have none)")
@@ -116,7 +116,7 @@ def _check_blocks(in_features: int, group_size: int, allow_16: bool = False) -> 
         )
 
 
-class _QuantLinear(nn.Module):
+class QuantLinear(nn.Module):
     # Above this many tokens dequantize + torch GEMM wins: measured crossovers 16-32 (SmolLM2 576x1536:
     # T=16 kernel 1.1-1.5x faster, T=32 0.7-0.9x; NeMo 5120x14336: T=32 1.2-1.3x, T=64 0.65x).
     small_batch_max = 24
@@ -163,7 +163,7 @@ class _QuantLinear(nn.Module):
         return torch.from_numpy(out)
 
     @torch.no_grad()
-    def permute_rows(self, perm: torch.Tensor) -> _QuantLinear:
+    def permute_rows(self, perm: torch.Tensor) -> QuantLinear:
         """Reorder output rows (e.g. GGUF q/k interleaved -> rotate-half RoPE); returns self."""
         for name, buf in list(self.named_buffers(recurse=False)):
             setattr(self, name, buf[perm].contiguous())
@@ -173,7 +173,7 @@ class _QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group_size}"
 
 
-class _IntegerLinear(_QuantLinear):
+class _IntegerLinear(QuantLinear):
     """Int8 / int4 weights: the small kernels round activations to int16 per block of 32, so prefill
     multiplies the same rounded values."""
 
@@ -203,7 +203,7 @@ class Int8Linear(_IntegerLinear):
 
         Error bound: |w - w_q| <= scale / 2 = absmax(group) / 254 per element.
         """
-        w = _weight_of(linear_or_weight)
+        w = linear_weight(linear_or_weight)
         rows, cols = w.shape
         g = group_size or cols
         q = torch.empty(rows, cols, dtype=torch.int8)
@@ -261,7 +261,7 @@ class Int4Linear(_IntegerLinear):
 
         Error bound: |w - w_q| <= scale / 2 = (max - min)(group) / 30 per element.
         """
-        w = _weight_of(linear_or_weight)
+        w = linear_weight(linear_or_weight)
         rows, cols = w.shape
         if cols % group_size:
             raise ValueError(f"in_features {cols} is not a multiple of the group size {group_size}")
