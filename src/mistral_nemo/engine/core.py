@@ -105,12 +105,14 @@ class EngineCore:
         block_size = self.config.block_size
         # The memory budget, but never more blocks than max_num_seqs full-length sequences can use.
         usable = self.config.max_num_seqs * -(-self.max_model_len // block_size)
+        # model.args: this rank's heads under tensor parallelism (the whole model's otherwise).
         budget = self.config.kv_cache_memory // PagedKVCache.bytes_per_block(
-            loaded.args, block_size, model.dtype
+            model.args, block_size, model.dtype
         )
         num_blocks = self.config.num_blocks or max(1, min(budget, usable))
         self.blocks = BlockManager(num_blocks, block_size, self.config.enable_prefix_caching)
-        self.cache = PagedKVCache(loaded.args, num_blocks, block_size, model.dtype, model.device)
+        # model.args: under tensor parallelism, this rank's own heads (model/tensor_parallel.py).
+        self.cache = PagedKVCache(model.args, num_blocks, block_size, model.dtype, model.device)
         # enable_lora wraps the model's target linears in place (model/multi_lora.py): per-token adapters.
         slots = AdapterSlots(model, self.config.max_loras) if self.config.enable_lora else None
         self.adapters = AdapterRegistry(slots, loaded.args) if slots is not None else None

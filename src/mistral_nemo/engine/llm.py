@@ -82,9 +82,16 @@ class LLM:
         device: torch.device | str | None = None,
         quantization: str | None = "auto",
         lora: str | Path | None = None,
+        tensor_parallel_size: int = 1,
         **engine_options: Any,
     ) -> None:
         config = engine_config(**engine_options)
+        self._tensor_parallel = None
+        if tensor_parallel_size != 1:
+            self._start_tensor_parallel(
+                model, tensor_parallel_size, dtype, device, quantization, lora, config
+            )
+            return
         if isinstance(model, LoadedModel):
             self.loaded = model
             if lora is not None:  # an adapter on an already loaded model: applied to it in place
@@ -107,6 +114,50 @@ class LLM:
             )
         self.engine = LLMEngine(self.loaded, config)
         self._ids = itertools.count()
+
+    def _start_tensor_parallel(
+        self,
+        model: str | Path | LoadedModel | None,
+        size: int,
+        dtype: torch.dtype | str | None,
+        device: torch.device | str | None,
+        quantization: str | None,
+        lora: str | Path | None,
+        config: EngineConfig,
+    ) -> None:
+        """Rank 0 here, ranks 1..size-1 spawned (or torchrun's); under torchrun a rank other than 0
+        serves steps inside this call and then exits the process, as its work is done."""
+        from mistral_nemo.engine.distributed_launch import TensorParallelGroup
+
+        if isinstance(model, LoadedModel):
+            raise ValueError("tensor_parallel_size needs a model path (each rank loads its own part)")
+        if lora is not None:
+            raise ValueError("a LoRA adapter cannot be loaded tensor-parallel yet; merge it first")
+        if isinstance(dtype, str) and dtype != "auto":
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+            dtype = _DTYPES[dtype]
+        group = TensorParallelGroup.start(
+            size,
+            None if device is None else str(device),
+            path=model,
+            dtype=dtype if isinstance(dtype, torch.dtype) else None,
+            quantization=quantization,
+        )
+        if group.rank != 0:
+            group.run_worker()
+            sys.exit(0)
+        self._tensor_parallel = group
+        self.loaded = group.load()
+        self.engine = LLMEngine(self.loaded, config)
+        group.attach(self.engine)
+        self._ids = itertools.count()
+
+    def close(self) -> None:
+        """Stop the other tensor-parallel ranks (nothing to do for one process)."""
+        if self._tensor_parallel is not None:
+            self._tensor_parallel.close()
+            self._tensor_parallel = None
 
     def get_tokenizer(self) -> Tokenizer:
         return self.loaded.tokenizer

@@ -18,8 +18,9 @@ from typing import Any
 from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.entrypoints.model_options import single_request_engine, stream_text
+from mistral_nemo.entrypoints.tensor_parallel_options import TensorParallelLaunch
 from mistral_nemo.model.generation_defaults import GenerationDefaults
-from mistral_nemo.model.loading import load
+from mistral_nemo.model.loading import LoadedModel, load
 
 SEPARATOR = "====================="
 DEMO_PROMPTS = (
@@ -46,7 +47,12 @@ def _parser(prog: str, temperature: float | None) -> argparse.ArgumentParser:
         "--lora_path", "--lora-path", dest="lora_path", help="a LoRA adapter (lora.safetensors or its folder)"
     )
     parser.add_argument(
-        "--num_pipeline_ranks", "--num-pipeline-ranks", type=int, default=1, help="accepted, ignored"
+        "--num_pipeline_ranks",
+        "--num-pipeline-ranks",
+        type=int,
+        default=1,
+        help="split the model over N ranks (tensor parallelism here, not pipeline stages): spawned by this "
+        "command, or torchrun's (torchrun --nproc-per-node N ... --num_pipeline_ranks N)",
     )
     return parser
 
@@ -81,8 +87,10 @@ def _mistral_chat(argv: Sequence[str] | None) -> int:
     parser = _parser("mistral-chat", temperature=None)
     parser.add_argument("--instruct", action="store_true", help="use the chat format")
     args = parser.parse_args(argv)
-    loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
-    engine = single_request_engine(loaded)
+    started = _engine(args)
+    if started is None:  # a torchrun rank other than 0: it ran the model's steps until rank 0 ended
+        return 0
+    loaded, engine = started
     tokenizer, params = loaded.tokenizer, _params(args, loaded.generation_defaults)
     messages: list[dict[str, str]] = []
     prompt = ""
@@ -107,6 +115,33 @@ def _mistral_chat(argv: Sequence[str] | None) -> int:
             prompt += answer
 
 
+def _engine(args: argparse.Namespace) -> tuple[LoadedModel, LLMEngine] | None:
+    """The model and a one-sequence engine; with --num_pipeline_ranks N > 1 (or under torchrun) the
+    model is split over N tensor-parallel ranks (mistral-inference split it by layers; the answers are
+    the same, the memory per rank likewise ~1/N). None on torchrun's ranks other than 0."""
+    if args.num_pipeline_ranks < 1:
+        raise ValueError(f"--num_pipeline_ranks must be at least 1, got {args.num_pipeline_ranks}")
+    options = argparse.Namespace(
+        tensor_parallel_size=args.num_pipeline_ranks if args.num_pipeline_ranks > 1 else None,
+        model=args.model_path,
+        lora=args.lora_path,
+        quantization="auto",
+    )
+    launch = TensorParallelLaunch.from_args(options)
+    if launch is None:
+        loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
+        return loaded, single_request_engine(loaded)
+    if launch.is_worker:
+        launch.run_worker()
+        return None
+    from mistral_nemo.engine.config import EngineConfig
+
+    def rank_lost(reason: str) -> None:
+        print(f"error: {reason}", file=sys.stderr)
+
+    return launch.build(EngineConfig(max_num_seqs=1), rank_lost)
+
+
 def mistral_demo(argv: Sequence[str] | None = None) -> int:
     """Complete three fixed prompts and print prompt + completion for each."""
     return _run(_mistral_demo, argv)
@@ -114,8 +149,10 @@ def mistral_demo(argv: Sequence[str] | None = None) -> int:
 
 def _mistral_demo(argv: Sequence[str] | None) -> int:
     args = _parser("mistral-demo", temperature=0.0).parse_args(argv)
-    loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
-    engine = single_request_engine(loaded)
+    started = _engine(args)
+    if started is None:  # a torchrun rank other than 0: it ran the model's steps until rank 0 ended
+        return 0
+    loaded, engine = started
     for prompt in DEMO_PROMPTS:
         ids = loaded.tokenizer.encode(prompt, bos=True)
         completion = complete(engine, ids, _params(args, GenerationDefaults(temperature=0.0)))

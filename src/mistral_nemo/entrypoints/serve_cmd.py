@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +25,10 @@ from mistral_nemo.entrypoints.model_options import (
 )
 from mistral_nemo.entrypoints.remote_chat import API_KEY_ENV
 from mistral_nemo.entrypoints.serve_lora import add_lora_arguments, split_lora_arguments
+from mistral_nemo.entrypoints.tensor_parallel_options import TensorParallelLaunch
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # the server's own default (server/config.py)
+LOST_RANK_GRACE = 2.0  # seconds of 503 answers after a tensor-parallel rank dies, before the server exits
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -91,6 +94,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="browser origins allowed by CORS, as vLLM (default: * = any; none given: no CORS headers)",
     )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int,
+        metavar="N",
+        help="split the model over N processes (ranks) joined by torch.distributed, each holding 1/N of "
+        "the weights and KV cache (gloo on CPU, NCCL on GPUs); started here, or by torchrun "
+        "(default: torchrun's WORLD_SIZE, else 1)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--replicas",
@@ -150,6 +161,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.ray_address is not None and args.replicas is None:
         raise ValueError("--ray-address needs --replicas N (the number of engine replicas to deploy)")
+    if args.replicas is not None and (args.tensor_parallel_size or 1) > 1:
+        raise ValueError("--replicas with --tensor-parallel-size is not supported yet: use one or the other")
     model_from_names(args)
     if args.model is not None and not Path(args.model).expanduser().exists():
         from mistral_nemo.model.loading import detect_format
@@ -160,7 +173,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def server_app(
-    args: argparse.Namespace, on_load_error: Callable[[BaseException], None] | None = None
+    args: argparse.Namespace,
+    on_load_error: Callable[[BaseException], None] | None = None,
+    parallel: TensorParallelLaunch | None = None,
+    on_rank_lost: Callable[[str], None] | None = None,
+    on_engine: Callable[[AsyncLLMEngine], None] | None = None,
 ) -> FastAPI:
     """The server of one engine, loading its model in the background (also one Ray Serve replica's)."""
     from mistral_nemo.engine.async_engine import AsyncLLMEngine
@@ -172,17 +189,23 @@ def server_app(
     config = server_config(args)
 
     def build_engine() -> AsyncLLMEngine:
-        loaded = load_for_cli(args)
+        if parallel is not None:
+            loaded, engine = parallel.build(engine_limits, on_rank_lost)
+        else:
+            loaded = load_for_cli(args)
+            engine = LLMEngine(loaded, engine_limits)
         # Request fields left out take the model's sampling defaults (generation_config.json, NeMo's 0.3,
         # the embedded model's greedy), as vLLM does; a request's own field always wins.
         config.sampling_defaults = loaded.generation_defaults
-        engine = LLMEngine(loaded, engine_limits)
         # Adapters are read now: a bad adapter file stops the server with its name.
         for lora in getattr(args, "lora_requests", ()):
             if lora.lora_name == loaded.name and not args.served_model_name:
                 raise ValueError(f"--lora {lora.lora_name}=...: that is already the base model's name")
             engine.add_lora(lora)
-        return AsyncLLMEngine(engine)
+        async_engine = AsyncLLMEngine(engine)
+        if on_engine is not None:
+            on_engine(async_engine)
+        return async_engine
 
     return build_app(build_engine, config, on_load_error=on_load_error)
 
@@ -191,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: the other commands do not need the server's dependencies
 
     from mistral_nemo.entrypoints.server.shutdown import GracefulServer
+    from mistral_nemo.model.tensor_parallel import TensorParallelError
 
     check_args(args)
     engine_config(args)  # bad limits fail here, before a replica or the server starts
@@ -202,12 +226,26 @@ def run(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failure: list[BaseException] = []
+    parallel = TensorParallelLaunch.from_args(args)
+    if parallel is not None and parallel.is_worker:  # torchrun's ranks 1..N-1 serve steps, not HTTP
+        parallel.run_worker()
+        return 0
+    async_engine: list[AsyncLLMEngine] = []
+    lost: list[str] = []
+
+    def on_rank_lost(reason: str) -> None:
+        """A rank died: requests get 503 (engine dead) at once, and the server stops shortly after."""
+        logging.getLogger("mistral_nemo.server").error("%s; stopping the server", reason)
+        lost.append(reason)
+        if async_engine:
+            async_engine[0].dead = TensorParallelError(reason)
+        threading.Timer(LOST_RANK_GRACE, lambda: setattr(server, "should_exit", True)).start()
 
     def on_load_error(exc: BaseException) -> None:
         failure.append(exc)
         server.should_exit = True
 
-    app = server_app(args, on_load_error)
+    app = server_app(args, on_load_error, parallel, on_rank_lost, async_engine.append)
     uvicorn_config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on"
     )
@@ -217,7 +255,13 @@ def run(args: argparse.Namespace) -> int:
         f"mistral-nemo serve: listening on {where} (loading the model; /health says when ready)",
         file=sys.stderr,
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        if parallel is not None:
+            parallel.close()
     if failure:
         raise ValueError(f"the model failed to load: {failure[0]}")
+    if lost:
+        raise TensorParallelError(f"the server stopped: {lost[0]}")
     return 0

@@ -26,6 +26,7 @@ from mistral_nemo.model.quant.checkpoint import (
     read_metadata,
 )
 from mistral_nemo.model.quant.checkpoint import read_args as read_quantized_args
+from mistral_nemo.model.tensor_parallel import TensorParallelShard, parallelize, shard_stream
 from mistral_nemo.model.transformer import Transformer
 from mistral_nemo.model.weights import (
     CheckpointError,
@@ -115,6 +116,7 @@ def load(
     quantization: str | None = "auto",
     lora: str | Path | None = None,
     merge_lora: bool = True,
+    tensor_parallel: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Load a Mistral folder, an HF folder, a GGUF file or a quantized folder (None: the embedded model).
 
@@ -130,6 +132,10 @@ def load(
 
     lora: a LoRA adapter (mistral-finetune's lora.safetensors or its folder, or a PEFT folder), merged
     into float layers (merge_lora=False keeps it beside them); quantized layers keep it unmerged.
+
+    tensor_parallel: (rank, world size): load only this rank's part of every weight (read one tensor
+    at a time, file pages released after each) and join the ranks through torch.distributed's default
+    group, which the caller has initialised (see model/tensor_parallel.py). `args` stays the whole model's.
     """
     mode = quantization or "auto"
     if mode not in QUANTIZATIONS:
@@ -138,16 +144,24 @@ def load(
     device = _check_device(device)
     try:
         reader = read_checkpoint(source, mode, device)
-        model = build_model(
-            reader.args, reader.tensors, dtype=dtype or _default_dtype(reader.args, device), device=device
-        )
+        shard = None
+        args, tensors = reader.args, reader.tensors
+        if tensor_parallel is not None:
+            if lora is not None:
+                raise ValueError("a LoRA adapter cannot be loaded tensor-parallel yet; merge it first")
+            shard = TensorParallelShard(tensor_parallel[0], tensor_parallel[1], reader.args)
+            args, tensors = shard.local_args(), shard_stream(tensors, shard, reader.weight_files)
+        model = build_model(args, tensors, dtype=dtype or _default_dtype(reader.args, device), device=device)
     except SafetensorError as exc:  # a reader that did not name the file (the folder is the best we have)
         raise CheckpointError(f"{source}: a safetensors file is not valid ({exc})") from None
     if device.type == "cpu" and any(type(m).__name__ in _CPU_ONLY for m in model.modules()):
         _size_numba_pool()
-        from mistral_nemo.model.quant.fused_decode import FusedDecoder
+        if shard is None:  # the fused decoder runs every layer in one call: no room for all-reduces
+            from mistral_nemo.model.quant.fused_decode import FusedDecoder
 
-        FusedDecoder.attach(model)  # decode steps in one numba call when every layer is int8 / int4
+            FusedDecoder.attach(model)  # decode steps in one numba call when every layer is int8 / int4
+    if shard is not None:
+        parallelize(model, shard)
     if lora is not None:
         from mistral_nemo.model.lora import apply_adapter
         from mistral_nemo.model.lora_files import read_adapter
