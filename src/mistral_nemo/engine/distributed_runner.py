@@ -36,6 +36,8 @@ class SeqStep:
     prompt_len: int
     total_len: int  # len(seq)
     prompt_logprobs: bool
+    prompt_logprobs_from: int  # the first prompt position whose logprob is wanted
+    lora_slot: int  # the adapter slot of its tokens (0: the base)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,11 @@ class _RemoteSeq:
         self.seq_id, self.num_computed, self.block_table = step.seq_id, step.start, step.block_table
         self.all_ids = _Window(step.start, step.new_ids)
         self.prompt_ids = range(step.prompt_len)  # only its length is read
-        self.params = SimpleNamespace(prompt_logprobs=0 if step.prompt_logprobs else None)
+        self.params = SimpleNamespace(
+            prompt_logprobs=0 if step.prompt_logprobs else None,
+            prompt_logprobs_from=step.prompt_logprobs_from,
+        )
+        self.lora_slot = step.lora_slot
         self._len = step.total_len
 
     def __len__(self) -> int:
@@ -85,6 +91,8 @@ def describe(batch: list[ScheduledSeq]) -> list[SeqStep]:
                 len(seq.prompt_ids),
                 len(seq),
                 seq.params.prompt_logprobs is not None,
+                seq.params.prompt_logprobs_from,
+                seq.lora_slot,
             )
         )
     return steps
