@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from mistral_nemo.engine.speculative.config import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 2 << 30  # 2 GiB on CPU unless told otherwise
 
@@ -18,8 +21,11 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's context
     max_queue: int = 1024  # waiting sequences before new requests are refused as overloaded
     enable_prefix_caching: bool = True
+    # vLLM's shape, e.g. {"method": "ngram", "num_speculative_tokens": 4}; None: no speculation
+    speculative_config: SpeculativeConfig | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self.speculative_config = SpeculativeConfig.from_value(self.speculative_config)
         for name in ("block_size", "kv_cache_memory", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")

@@ -19,6 +19,7 @@ from mistral_nemo.engine.sampler import SamplingRow, make_generator, prompt_logp
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.engine.scheduler import Scheduler
 from mistral_nemo.engine.sequence import FinishReason, Sequence
+from mistral_nemo.engine.speculative.decoder import SpeculativeDecoder
 from mistral_nemo.engine.stop_strings import StopStringFilter
 from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.tokenizer import IncrementalDetokenizer, SpecialTokenPolicy
@@ -64,6 +65,9 @@ class EngineStats:
     preemptions: int
     prompt_tokens: int
     generation_tokens: int
+    spec_verifications: int = 0  # sequence-steps that verified drafts
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 class LLMEngine:
@@ -91,6 +95,12 @@ class LLMEngine:
             self.config.max_num_seqs,
             self.config.max_num_batched_tokens,
             self.config.max_queue,
+        )
+        spec = self.config.speculative_config
+        self.speculator = (
+            SpeculativeDecoder(spec, self.blocks, self.max_model_len, self.config.max_num_batched_tokens)  # type: ignore[arg-type]
+            if spec is not None
+            else None
         )
         self._requests: dict[str, _Request] = {}
         self.prompt_tokens_total = 0
@@ -173,7 +183,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        logits = self.runner.run(batch)
+        drafts = self.speculator.propose(batch, self.scheduler.running) if self.speculator else {}
+        logits = self.runner.run(batch, drafts) if drafts else self.runner.run(batch)
         sampling: list[Sequence] = []
         for item in batch:
             seq = item.seq
@@ -181,7 +192,9 @@ class LLMEngine:
                 self._record_prompt_logprobs(seq, *logits.prompt[seq.seq_id])
             seq.num_computed += item.num_tokens
             self.blocks.register_computed(seq)
-            if seq.num_computed == len(seq):
+            if seq.seq_id in drafts:
+                self._verify_draft(seq, logits.drafted[seq.seq_id], drafts[seq.seq_id])
+            elif seq.num_computed == len(seq):
                 sampling.append(seq)
             if seq.num_computed <= len(seq.prompt_ids):
                 self.prompt_tokens_total += item.num_tokens
@@ -204,6 +217,15 @@ class LLMEngine:
             preemptions=self.scheduler.num_preemptions,
             prompt_tokens=self.prompt_tokens_total,
             generation_tokens=self.generation_tokens_total,
+            **(
+                {
+                    "spec_verifications": self.speculator.stats.verifications,
+                    "spec_draft_tokens": self.speculator.stats.draft_tokens,
+                    "spec_accepted_tokens": self.speculator.stats.accepted_tokens,
+                }
+                if self.speculator
+                else {}
+            ),
         )
 
     # ---- internals -----------------------------------------------------------------------------
@@ -226,6 +248,17 @@ class LLMEngine:
         )
         seq.state.row = SamplingRow(params, seq.generator, seq.prompt_ids, seq.output_ids, stop_ids)
         return seq
+
+    def _verify_draft(self, seq: Sequence, rows: torch.Tensor, draft: list[int]) -> None:
+        """Emit the verified run (accepted drafts + one token) until a stop, then roll back the rest."""
+        assert self.speculator is not None
+        for sampled in self.speculator.verify(seq, rows, draft, seq.state.row):
+            self._append_token(seq, sampled)
+            if seq.is_finished:
+                break
+        else:
+            self.blocks.register_computed(seq)
+        self.speculator.settle(seq)
 
     def _append_token(self, seq: Sequence, sampled: Any) -> None:
         state: _SeqText = seq.state

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +19,8 @@ class StepLogits:
     rows: torch.Tensor  # [n, vocab]: every row below indexes into this
     next_token: dict[int, int]  # seq_id -> row that predicts the sequence's next token
     prompt: dict[int, tuple[int, torch.Tensor]]  # seq_id -> (first position, [n, vocab]) inside the prompt
+    # seq_id -> its 1 + K rows when drafts were scored: row j predicts the token after draft[:j]
+    drafted: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def next_token_rows(self, seq_ids: list[int]) -> torch.Tensor:
         """[len(seq_ids), vocab]: their next-token rows in order (no copy when that is every row in order)."""
@@ -34,7 +37,11 @@ class ModelRunner:
         self.device = model.device
 
     @torch.inference_mode()
-    def run(self, batch: list[ScheduledSeq]) -> StepLogits:
+    def run(self, batch: list[ScheduledSeq], drafts: Mapping[int, list[int]] | None = None) -> StepLogits:
+        """One forward pass. `drafts` (seq_id -> tokens, for decoding sequences) are scored after each
+        such sequence's last token in the same pass; their keys/values are written past num_computed."""
+        if drafts:
+            return self._general(batch, drafts)
         if self.cache.has_decode_kernel and all(
             item.num_tokens == 1 and item.seq.num_computed + 1 == len(item.seq) for item in batch
         ):
@@ -59,7 +66,9 @@ class ModelRunner:
         ).float()
         return StepLogits(logits, {item.seq.seq_id: i for i, item in enumerate(batch)}, {})
 
-    def _general(self, batch: list[ScheduledSeq]) -> StepLogits:
+    def _general(
+        self, batch: list[ScheduledSeq], drafts: Mapping[int, list[int]] | None = None
+    ) -> StepLogits:
         """Prefill chunks and decodes mixed: per-token slots for the cache's PyTorch attention."""
         tokens: list[int] = []
         positions: list[int] = []
@@ -70,17 +79,21 @@ class ModelRunner:
         for item in batch:
             seq, start, count = item.seq, item.seq.num_computed, item.num_tokens
             end = start + count
+            draft = drafts.get(seq.seq_id, []) if drafts else []
             query_start = len(tokens)
-            tokens += seq.all_ids[start:end]
-            positions += range(start, end)
-            context_slots = self.cache.slots_for(seq.block_table, 0, end)
-            slot_mapping.append(context_slots[start:end])
-            slices.append(SeqSlice(query_start, count, context_slots))
+            tokens += seq.all_ids[start:end] + draft
+            positions += range(start, end + len(draft))
+            context_slots = self.cache.slots_for(seq.block_table, 0, end + len(draft))
+            slot_mapping.append(context_slots[start:])
+            slices.append(SeqSlice(query_start, count + len(draft), context_slots))
             prompt_rows = min(end, len(seq.prompt_ids) - 1) - start  # rows predicting prompt tokens
             if seq.params.prompt_logprobs is not None and prompt_rows > 0:
                 wants.append((seq.seq_id, "prompt", len(rows), prompt_rows))
                 rows += range(query_start, query_start + prompt_rows)
-            if end == len(seq):
+            if draft:
+                wants.append((seq.seq_id, "drafted", len(rows), 1 + len(draft)))
+                rows += range(query_start + count - 1, query_start + count + len(draft))
+            elif end == len(seq):
                 wants.append((seq.seq_id, "next", len(rows), 1))
                 rows.append(query_start + count - 1)
         self.cache.begin_step(torch.cat(slot_mapping), slices)
@@ -95,6 +108,8 @@ class ModelRunner:
         for seq_id, kind, first, count in wants:
             if kind == "next":
                 result.next_token[seq_id] = first
+            elif kind == "drafted":
+                result.drafted[seq_id] = logits[first : first + count]
             else:
                 result.prompt[seq_id] = (starts[seq_id], logits[first : first + count])
         return result
