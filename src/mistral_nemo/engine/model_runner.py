@@ -40,31 +40,43 @@ class ModelRunner:
     def run(self, batch: list[ScheduledSeq], drafts: Mapping[int, list[int]] | None = None) -> StepLogits:
         """One forward pass. `drafts` (seq_id -> tokens, for decoding sequences) are scored after each
         such sequence's last token in the same pass; their keys/values are written past num_computed."""
-        if drafts:
-            return self._general(batch, drafts)
-        if self.cache.has_decode_kernel and all(
-            item.num_tokens == 1 and item.seq.num_computed + 1 == len(item.seq) for item in batch
-        ):
-            return self._decode(batch)
-        return self._general(batch)
+        decoding = all(item.num_tokens == 1 and item.seq.num_computed + 1 == len(item.seq) for item in batch)
+        if self.cache.has_decode_kernel and decoding:
+            return self._decode(batch, drafts or {})
+        return self._general(batch, drafts)
 
-    def _decode(self, batch: list[ScheduledSeq]) -> StepLogits:
-        """One new token per sequence: a few Python ints per sequence, block tables as they are."""
+    def _decode(self, batch: list[ScheduledSeq], drafts: Mapping[int, list[int]]) -> StepLogits:
+        """One new token per sequence: a few Python ints per sequence, block tables as they are.
+
+        A sequence with drafts becomes 1 + K rows sharing its block table, row j seeing the context up
+        to its own position: every row's keys/values are written before attention, so the rows attend
+        causally, as K + 1 single-token steps would, in one fused pass."""
         block_size = self.cache.block_size
         tokens, positions, write_slots, tables, lens = [], [], [], [], []
+        result = StepLogits(torch.empty(0), {}, {})
+        spans: list[tuple[int, int, int]] = []  # (seq_id, first row, rows)
         for item in batch:
             seq = item.seq
-            position = seq.num_computed
-            tokens.append(seq.all_ids[position])
-            positions.append(position)
-            write_slots.append(seq.block_table[position // block_size] * block_size + position % block_size)
-            tables.append(seq.block_table)
-            lens.append(position + 1)
+            draft = drafts.get(seq.seq_id, [])
+            spans.append((seq.seq_id, len(tokens), 1 + len(draft)))
+            tokens += [seq.all_ids[seq.num_computed], *draft]
+            for position in range(seq.num_computed, seq.num_computed + 1 + len(draft)):
+                positions.append(position)
+                write_slots.append(
+                    seq.block_table[position // block_size] * block_size + position % block_size
+                )
+                tables.append(seq.block_table)
+                lens.append(position + 1)
         self.cache.begin_decode(write_slots, tables, lens)
-        logits = self.model(
+        result.rows = self.model(
             torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device), self.cache
         ).float()
-        return StepLogits(logits, {item.seq.seq_id: i for i, item in enumerate(batch)}, {})
+        for seq_id, first, count in spans:
+            if count == 1:
+                result.next_token[seq_id] = first
+            else:
+                result.drafted[seq_id] = result.rows[first : first + count]
+        return result
 
     def _general(
         self, batch: list[ScheduledSeq], drafts: Mapping[int, list[int]] | None = None
