@@ -98,7 +98,13 @@ class LLMEngine:
         )
         spec = self.config.speculative_config
         self.speculator = (
-            SpeculativeDecoder(spec, self.blocks, self.max_model_len, self.config.max_num_batched_tokens)  # type: ignore[arg-type]
+            SpeculativeDecoder(
+                spec,  # type: ignore[arg-type]
+                self.blocks,
+                self.max_model_len,
+                self.config.max_num_batched_tokens,
+                draft_in_mixed_steps=not self.cache.has_decode_kernel,
+            )
             if spec is not None
             else None
         )

@@ -55,8 +55,16 @@ class _SeqDrafting:
 
 class SpeculativeDecoder:
     def __init__(
-        self, config: SpeculativeConfig, blocks: BlockManager, max_model_len: int, max_num_batched_tokens: int
+        self,
+        config: SpeculativeConfig,
+        blocks: BlockManager,
+        max_model_len: int,
+        max_num_batched_tokens: int,
+        draft_in_mixed_steps: bool = True,
     ) -> None:
+        # draft_in_mixed_steps False: no drafts in a step that also prefills (on CPU, drafts ride the fused
+        # decode kernel, which only pure decode steps use; a mixed step would pay the general path for them)
+        self.draft_in_mixed_steps = draft_in_mixed_steps
         self.config = config
         self.blocks = blocks
         self.max_model_len = max_model_len
@@ -70,6 +78,10 @@ class SpeculativeDecoder:
             live = {seq.seq_id for seq in running}
             self._state = {k: v for k, v in self._state.items() if k in live}
         if len(running) >= self.config.disable_by_batch_size:
+            return {}
+        if not self.draft_in_mixed_steps and any(
+            item.num_tokens != 1 or item.seq.num_uncomputed != 1 for item in batch
+        ):
             return {}
         budget = self.max_num_batched_tokens - sum(item.num_tokens for item in batch)
         drafts: dict[int, list[int]] = {}
