@@ -128,3 +128,32 @@ def test_greedy_accepts_the_argmax_prefix() -> None:
     assert [t.token_id for t in first] == [7]
     assert first[0].logprob == pytest.approx(float(torch.log_softmax(raw[0], -1)[7]))
     assert first[0].top_logprobs is not None and first[0].top_logprobs[0][0] == 7
+
+
+def test_cli_flags_build_the_config() -> None:
+    import argparse
+
+    from mistral_nemo.entrypoints.model_options import add_engine_arguments, engine_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    config = engine_config_from_args(
+        parser.parse_args(["--speculative", "ngram", "--speculative-tokens", "6"])
+    )
+    assert config.speculative_config == SpeculativeConfig("ngram", 6)
+    assert engine_config_from_args(parser.parse_args([])).speculative_config is None
+    with pytest.raises(ValueError, match="--speculative-tokens needs --speculative ngram"):
+        engine_config_from_args(parser.parse_args(["--speculative-tokens", "6"]))
+
+
+def test_metrics_report_acceptance() -> None:
+    from mistral_nemo.engine.llm_engine import EngineStats
+    from mistral_nemo.entrypoints.server.metrics import ServerMetrics
+
+    stats = EngineStats(
+        1, 0, 0.1, 0, 0, 0, 10, 20, spec_verifications=4, spec_draft_tokens=16, spec_accepted_tokens=12
+    )
+    text = ServerMetrics(lambda: stats).render().decode()
+    assert "mistral_nemo:spec_decode_acceptance_rate 0.75" in text
+    assert "mistral_nemo:spec_decode_mean_accepted_length 3.0" in text
+    assert "mistral_nemo:spec_decode_num_draft_tokens_total 16.0" in text
