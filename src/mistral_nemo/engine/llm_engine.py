@@ -198,12 +198,12 @@ class LLMEngine:
                 self._record_prompt_logprobs(seq, *logits.prompt[seq.seq_id])
             seq.num_computed += item.num_tokens
             self.blocks.register_computed(seq)
+            if seq.num_computed <= len(seq.prompt_ids):
+                self.prompt_tokens_total += item.num_tokens
             if seq.seq_id in drafts:
                 self._verify_draft(seq, logits.drafted[seq.seq_id], drafts[seq.seq_id])
             elif seq.num_computed == len(seq):
                 sampling.append(seq)
-            if seq.num_computed <= len(seq.prompt_ids):
-                self.prompt_tokens_total += item.num_tokens
         if sampling:
             rows = [seq.state.row for seq in sampling]
             next_logits = logits.next_token_rows([seq.seq_id for seq in sampling])
