@@ -125,6 +125,17 @@ class BlockManager:
         seq.num_computed = 0
         self._seq_hashes.pop(seq.seq_id, None)
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Give back the blocks past the first `num_tokens` tokens (taken for drafts that were rejected)."""
+        keep = self.blocks_for(num_tokens)
+        while len(seq.block_table) > keep:
+            block = seq.block_table.pop()
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                self._free[block] = None
+                if self._hash[block] is None:
+                    self._free.move_to_end(block, last=False)
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached block that nobody uses."""
         for block in self._free:

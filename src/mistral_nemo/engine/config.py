@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from mistral_nemo.engine.speculative.config import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 2 << 30  # 2 GiB on CPU unless told otherwise
 
@@ -20,8 +23,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_lora: bool = False  # requests may name a LoRA adapter (LoRARequest), several in one batch
     max_loras: int = 1  # adapters held at once when enable_lora (the least recently used idle one goes)
+    # vLLM's shape, e.g. {"method": "ngram", "num_speculative_tokens": 4}; None: no speculation
+    speculative_config: SpeculativeConfig | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self.speculative_config = SpeculativeConfig.from_value(self.speculative_config)
         for name in (
             "block_size",
             "kv_cache_memory",

@@ -33,8 +33,9 @@ from mistral_nemo.engine.sampler import (
     sample_batch,
 )
 from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.engine.scheduler import Scheduler
+from mistral_nemo.engine.scheduler import ScheduledSeq, Scheduler
 from mistral_nemo.engine.sequence import FinishReason, Sequence
+from mistral_nemo.engine.speculative.decoder import SpeculativeDecoder
 from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.model.multi_lora import AdapterSlots
 
@@ -67,6 +68,9 @@ class EngineStats:
     preemptions: int
     prompt_tokens: int
     generation_tokens: int
+    spec_verifications: int = 0  # sequence-steps that verified drafts
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -123,6 +127,18 @@ class EngineCore:
             self.config.max_num_seqs,
             self.config.max_num_batched_tokens,
             self.config.max_queue,
+        )
+        spec = self.config.speculative_config
+        self.speculator = (
+            SpeculativeDecoder(
+                spec,  # type: ignore[arg-type]  # EngineConfig made it a SpeculativeConfig
+                self.blocks,
+                self.max_model_len,
+                self.config.max_num_batched_tokens,
+                draft_in_mixed_steps=not self.cache.has_decode_kernel,
+            )
+            if spec is not None
+            else None
         )
         self.info = EngineInfo(
             model_name=loaded.name,
@@ -260,7 +276,12 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        logits = self.runner.run(batch)
+        drafts = (
+            self.speculator.propose(batch, self.scheduler.running, self._constrained(batch))
+            if self.speculator is not None
+            else {}
+        )
+        logits = self.runner.run(batch, drafts) if drafts else self.runner.run(batch)
         outputs: list[EngineCoreOutput] = []
         sampling: list[tuple[SeqDecoding, EngineCoreOutput]] = []
         for item in batch:
@@ -274,10 +295,12 @@ class EngineCore:
                 out.prompt_logprobs_position = first + 1  # row `first` predicts token first + 1
             seq.num_computed += item.num_tokens
             self.blocks.register_computed(seq)
-            if seq.num_computed == len(seq):
-                sampling.append((s, out))
             if seq.num_computed <= len(seq.prompt_ids):
                 self.prompt_tokens_total += item.num_tokens
+            if seq.seq_id in drafts:
+                self._verify_draft(s, out, logits.drafted[seq.seq_id], drafts[seq.seq_id])
+            elif seq.num_computed == len(seq):
+                sampling.append((s, out))
         if sampling:
             next_logits = logits.next_token_rows([s.seq.seq_id for s, _ in sampling])
             next_logits = apply_constraints(next_logits, [s.constraint for s, _ in sampling])
@@ -301,6 +324,15 @@ class EngineCore:
             preemptions=self.scheduler.num_preemptions,
             prompt_tokens=self.prompt_tokens_total,
             generation_tokens=self.generation_tokens_total,
+            **(
+                {
+                    "spec_verifications": self.speculator.stats.verifications,
+                    "spec_draft_tokens": self.speculator.stats.draft_tokens,
+                    "spec_accepted_tokens": self.speculator.stats.accepted_tokens,
+                }
+                if self.speculator is not None
+                else {}
+            ),
         )
 
     # ---- internals -----------------------------------------------------------------------------
@@ -314,6 +346,23 @@ class EngineCore:
         row = SamplingRow(params, seq.generator, seq.prompt_ids, seq.output_ids, stop_ids)
         constraint = params.constraint() if params.constraint is not None else None
         return SeqDecoding(seq, row, stop_ids, constraint)
+
+    def _constrained(self, batch: list[ScheduledSeq]) -> set[int]:
+        """The step's sequences under structured output: never drafted (drafts skip its grammar)."""
+        return {item.seq.seq_id for item in batch if self.by_seq_id[item.seq.seq_id].constraint is not None}
+
+    def _verify_draft(
+        self, s: SeqDecoding, out: EngineCoreOutput, rows: torch.Tensor, draft: list[int]
+    ) -> None:
+        """Emit the verified run (accepted drafts + one token) until a stop, then roll back the rest."""
+        assert self.speculator is not None
+        for sampled in self.speculator.verify(s.seq, rows, draft, s.row):
+            self._append_token(s, sampled, out)
+            if s.seq.is_finished:
+                break
+        else:
+            self.blocks.register_computed(s.seq)
+        self.speculator.settle(s.seq)
 
     def _append_token(self, s: SeqDecoding, sampled: SampledToken, out: EngineCoreOutput) -> None:
         seq, token = s.seq, sampled.token_id

@@ -134,6 +134,8 @@ class TensorParallelGroup:
 
     def attach(self, engine: LLMEngine, on_rank_lost: Callable[[str], None] | None = None) -> None:
         """Rank 0: give the other ranks the engine's cache shape and make its runner broadcast steps."""
+        if engine.core.speculator is not None:
+            raise TensorParallelError("speculative decoding with tensor parallelism is not supported yet")
         broadcast(("cache", CacheShape(engine.cache.num_blocks, engine.cache.block_size)))
         self.runner = TensorParallelRunner(engine.runner, on_rank_lost)
         engine.core.runner = self.runner  # type: ignore[assignment]

@@ -21,6 +21,7 @@ from mistral_nemo.engine.paged_cache import PagedKVCache
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.engine.scheduler import Scheduler
 from mistral_nemo.engine.sequence import FinishReason
+from mistral_nemo.engine.speculative.decoder import SpeculativeDecoder
 from mistral_nemo.model.loading import LoadedModel
 from mistral_nemo.tokenizer import Tokenizer
 
@@ -75,6 +76,10 @@ class LLMEngine:
     @property
     def runner(self) -> ModelRunner:
         return self.core.runner
+
+    @property
+    def speculator(self) -> SpeculativeDecoder | None:
+        return self.core.speculator
 
     def grammar_compiler(self) -> GrammarCompiler:
         """The tokenizer's grammar view for structured output, built on first use (~1 s at 131k tokens)."""

@@ -287,6 +287,30 @@ def _sample(x: torch.Tensor, params: list[SamplingParams], uniforms: torch.Tenso
     return tokens
 
 
+def sampling_probs(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """[B, V] float64 probabilities, in vocab order, of the draw `_sample` makes from processed logits ``x``
+    (temperature, top-k, top-p, min-p; the same float32 arithmetic), for rules that need the whole law
+    (speculative verification). Rows must be non-greedy."""
+    device, vocab = x.device, x.shape[1]
+    x = x / torch.tensor([p.temperature for p in params], device=device)[:, None]
+    probs = torch.softmax(x, dim=-1)
+    cut = [j for j, p in enumerate(params) if _truncates(p)]
+    if cut:
+        ps = [params[j] for j in cut]
+        top_k = torch.tensor([min(p.top_k, vocab) or vocab for p in ps], device=device)[:, None]
+        top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in ps], device=device)[:, None]
+        min_p = torch.tensor([p.min_p for p in ps], device=device)[:, None]
+        index = torch.tensor(cut, device=device)
+        ordered, order = x[index].sort(dim=-1, descending=True, stable=True)
+        ranks = torch.arange(vocab, device=device)[None, :]
+        kept = torch.softmax(ordered.masked_fill(ranks >= top_k, float("-inf")), dim=-1)
+        kept = kept.masked_fill((kept.cumsum(-1) - kept >= top_p) & (ranks > 0), 0.0)
+        kept = kept.masked_fill(kept < min_p * kept[:, :1], 0.0)
+        probs[index] = torch.zeros_like(kept).scatter_(1, order, kept)
+    probs = probs.double()
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
 def _sampled_logprobs(
     raw: torch.Tensor, tokens: torch.Tensor, rows: list[SamplingRow]
 ) -> dict[int, tuple[float, list[tuple[int, float]]]]:

@@ -19,7 +19,7 @@ from mistral_nemo import __version__
 from mistral_nemo.entrypoints.model_options import add_engine_arguments, add_model_argument
 
 if TYPE_CHECKING:
-    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.engine.llm_engine import EngineStats, LLMEngine
     from mistral_nemo.engine.sampling_params import SamplingParams
     from mistral_nemo.model.loading import LoadedModel
 
@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     _run_requests(
         engine, prompts[:1], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
     )  # warm-up
+    before = engine.stats()
     figures = _run_requests(engine, prompts, params)
+    if engine.config.speculative_config is not None:
+        figures.update(_speculation_figures(before, engine.stats()))
     weight_bytes = weight_bytes_read(loaded.model)
     result = {
         "bench": f"mistral-nemo-{args.mode}",
@@ -82,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
         result["bandwidth_gb_s"] = round(weight_bytes * figures["decode_tok_s"] / 1e9, 2)
     print(json.dumps(result))
     return 0
+
+
+def _speculation_figures(before: EngineStats, after: EngineStats) -> dict[str, float]:
+    """Acceptance rate and mean accepted length over the measured run only."""
+    drafts = after.spec_verifications - before.spec_verifications
+    drafted = after.spec_draft_tokens - before.spec_draft_tokens
+    accepted = after.spec_accepted_tokens - before.spec_accepted_tokens
+    return {
+        "spec_acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
+        "spec_mean_accepted_length": round(accepted / drafts, 3) if drafts else 0.0,
+    }
 
 
 def _random_prompts(loaded: LoadedModel, count: int, length: int, seed: int) -> list[list[int]]:

@@ -89,6 +89,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="longest prompt + answer, in tokens (default: the model's context)",
     )
+    parser.add_argument(
+        "--speculative",
+        choices=["ngram"],
+        help="speculative decoding: ngram drafts the next tokens from the prompt and output so far (prompt "
+        "lookup) and verifies them in one pass; output is unchanged, faster when answers repeat the input",
+    )
+    parser.add_argument(
+        "--speculative-tokens",
+        type=positive_int,
+        metavar="K",
+        help="most tokens drafted per step with --speculative (default 4)",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -182,6 +194,14 @@ def engine_config_from_args(args: argparse.Namespace, **fields: int) -> EngineCo
         if args.max_model_len < 2:
             raise ValueError("--max-model-len must be at least 2")
         config.max_model_len = args.max_model_len
+    speculative = getattr(args, "speculative", None)
+    tokens = getattr(args, "speculative_tokens", None)
+    if tokens is not None and speculative is None:
+        raise ValueError("--speculative-tokens needs --speculative ngram")
+    if speculative is not None:
+        from mistral_nemo.engine.speculative.config import SpeculativeConfig
+
+        config.speculative_config = SpeculativeConfig(method=speculative, num_speculative_tokens=tokens or 4)
     return config
 
 

@@ -51,9 +51,27 @@ class _EngineCollector(Collector):
             "num_preemptions": ("Sequences preempted to free KV blocks", stats.preemptions),
             "prompt_tokens": ("Prompt tokens processed", stats.prompt_tokens),
             "generation_tokens": ("Tokens generated", stats.generation_tokens),
+            # Speculative decoding (vLLM's spec_decode names); all 0 when it is off.
+            "spec_decode_num_drafts": (
+                "Sequence-steps that verified drafted tokens",
+                stats.spec_verifications,
+            ),
+            "spec_decode_num_draft_tokens": ("Tokens drafted", stats.spec_draft_tokens),
+            "spec_decode_num_accepted_tokens": ("Drafted tokens accepted", stats.spec_accepted_tokens),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(PREFIX + name, doc, value=value)
+        drafts, drafted = stats.spec_verifications, stats.spec_draft_tokens
+        yield GaugeMetricFamily(
+            PREFIX + "spec_decode_acceptance_rate",
+            "Drafted tokens accepted / drafted, since start",
+            value=stats.spec_accepted_tokens / drafted if drafted else 0.0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "spec_decode_mean_accepted_length",
+            "Drafted tokens accepted per verification, since start",
+            value=stats.spec_accepted_tokens / drafts if drafts else 0.0,
+        )
 
 
 class ServerMetrics:

@@ -1,0 +1,148 @@
+"""Per step: which running sequences get drafts and how many, then verification and KV rollback.
+
+The engine asks `propose` after scheduling (drafts only for sequences that are decoding, not
+constrained, with room left), runs one forward pass over each such sequence's last token plus
+its drafts, then calls `verify` per sequence and `settle` once the emitted tokens are appended.
+
+Whether drafting pays is decided per step and per sequence: never in a batch of
+`disable_by_batch_size` or more, never when the lookup finds nothing (the step then stays the
+plain fused decode), and per sequence the draft length follows the accepted length so far, with
+a growing pause after drafts that were all rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container
+from dataclasses import dataclass, field
+
+import torch
+
+from mistral_nemo.engine.block_manager import BlockManager
+from mistral_nemo.engine.sampler import SampledToken, SamplingRow
+from mistral_nemo.engine.scheduler import ScheduledSeq
+from mistral_nemo.engine.sequence import Sequence
+from mistral_nemo.engine.speculative.config import SpeculativeConfig
+from mistral_nemo.engine.speculative.ngram import TokenBuffer, propose_ngram
+from mistral_nemo.engine.speculative.verify import verify_draft
+
+MAX_PAUSE_STEPS = 32
+EMA_WEIGHT = 0.5  # of the latest verification in the running mean of accepted drafts
+
+
+@dataclass
+class SpeculativeStats:
+    verifications: int = 0  # sequence-steps that verified a draft
+    draft_tokens: int = 0  # tokens proposed
+    accepted_tokens: int = 0  # of those, accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Drafted tokens accepted per verification (each verification also emits one token of its own)."""
+        return self.accepted_tokens / self.verifications if self.verifications else 0.0
+
+
+@dataclass
+class _SeqDrafting:
+    tokens: TokenBuffer = field(default_factory=TokenBuffer)
+    mean_accepted: float = math.inf  # optimistic until measured
+    pause: int = 0  # steps left without drafting
+    next_pause: int = 1
+
+
+class SpeculativeDecoder:
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        blocks: BlockManager,
+        max_model_len: int,
+        max_num_batched_tokens: int,
+        draft_in_mixed_steps: bool = True,
+    ) -> None:
+        # draft_in_mixed_steps False: no drafts in a step that also prefills (on CPU, drafts ride the fused
+        # decode kernel, which only pure decode steps use; a mixed step would pay the general path for them)
+        self.draft_in_mixed_steps = draft_in_mixed_steps
+        self.config = config
+        self.blocks = blocks
+        self.max_model_len = max_model_len
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.stats = SpeculativeStats()
+        self._state: dict[int, _SeqDrafting] = {}
+
+    def propose(
+        self, batch: list[ScheduledSeq], running: list[Sequence], constrained: Container[int] = ()
+    ) -> dict[int, list[int]]:
+        """seq_id -> draft tokens, for the decoding sequences of this step worth drafting for
+        (`constrained`: the seq_ids under structured output, never drafted)."""
+        if len(self._state) > len(running):  # drop what finished, aborted or preempted sequences left
+            live = {seq.seq_id for seq in running}
+            self._state = {k: v for k, v in self._state.items() if k in live}
+        if len(running) >= self.config.disable_by_batch_size:
+            return {}
+        if not self.draft_in_mixed_steps and any(
+            item.num_tokens != 1 or item.seq.num_uncomputed != 1 for item in batch
+        ):
+            return {}
+        budget = self.max_num_batched_tokens - sum(item.num_tokens for item in batch)
+        drafts: dict[int, list[int]] = {}
+        cfg = self.config
+        for item in batch:
+            seq = item.seq
+            if budget <= 0:
+                break
+            if item.num_tokens != 1 or seq.num_uncomputed != 1 or seq.seq_id in constrained:
+                continue  # prefilling, or structured output (drafts are not run through its grammar)
+            state = self._state.setdefault(seq.seq_id, _SeqDrafting())
+            if state.pause > 0:
+                state.pause -= 1
+                continue
+            room = min(seq.max_length(self.max_model_len) - len(seq) - 1, budget)
+            wanted = min(cfg.num_speculative_tokens, room, _draft_length(state.mean_accepted))
+            if wanted < 1:
+                continue
+            tokens = state.tokens.sync(seq.all_ids)
+            draft = propose_ngram(tokens, wanted, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+            if not draft or not self.blocks.ensure_capacity(seq, seq.num_computed + 1 + len(draft)):
+                continue
+            drafts[seq.seq_id] = draft
+            budget -= len(draft)
+        return drafts
+
+    def verify(
+        self, seq: Sequence, raw: torch.Tensor, draft: list[int], row: SamplingRow
+    ) -> list[SampledToken]:
+        """The tokens to emit for `seq`; marks its accepted drafts as computed."""
+        emitted = verify_draft(raw, draft, row)
+        accepted = len(emitted) - 1
+        seq.num_computed += accepted  # their keys/values were written by this pass and stay valid
+        self.stats.verifications += 1
+        self.stats.draft_tokens += len(draft)
+        self.stats.accepted_tokens += accepted
+        state = self._state.get(seq.seq_id)
+        if state is not None:
+            state.mean_accepted = (
+                accepted
+                if math.isinf(state.mean_accepted)
+                else EMA_WEIGHT * accepted + (1 - EMA_WEIGHT) * state.mean_accepted
+            )
+            if accepted == 0:
+                state.pause, state.next_pause = state.next_pause, min(2 * state.next_pause, MAX_PAUSE_STEPS)
+            else:
+                state.next_pause = 1
+        return emitted
+
+    def settle(self, seq: Sequence) -> None:
+        """After the emitted tokens are appended: give back blocks that only rejected drafts used."""
+        if seq.is_finished:
+            self._state.pop(seq.seq_id, None)
+            return
+        self.blocks.trim(seq, len(seq))
+
+
+def _draft_length(mean_accepted: float) -> int:
+    """Draft one more than the sequence has been accepting (all of K until measured)."""
+    return 1 << 30 if math.isinf(mean_accepted) else max(1, math.ceil(mean_accepted) + 1)
