@@ -258,7 +258,7 @@ def _truncates(p: SamplingParams) -> bool:
 
 def _sample(x: torch.Tensor, params: list[SamplingParams], uniforms: torch.Tensor) -> torch.Tensor:
     """Token ids after temperature, top-k, top-p and min-p; each row's path depends only on its params."""
-    device, vocab = x.device, x.shape[1]
+    device = x.device
     x = x / torch.tensor([p.temperature for p in params], device=device)[:, None]
     tokens = torch.empty(len(params), dtype=torch.long, device=device)
     plain = [j for j, p in enumerate(params) if not _truncates(p)]
@@ -267,21 +267,8 @@ def _sample(x: torch.Tensor, params: list[SamplingParams], uniforms: torch.Tenso
         tokens[index] = _inverse_cdf(torch.softmax(x[index], dim=-1), uniforms[index])
     cut = [j for j, p in enumerate(params) if _truncates(p)]
     if cut:
-        # Off-values (k=V, p=inf, min_p=0) never mask anything, so a row's result does not depend on
-        # whether its neighbours use the same filters.
-        ps = [params[j] for j in cut]
-        top_k = torch.tensor([min(p.top_k, vocab) or vocab for p in ps], device=device)[:, None]
-        top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in ps], device=device)[:, None]
-        min_p = torch.tensor([p.min_p for p in ps], device=device)[:, None]
         index = torch.tensor(cut, device=device)
-        ordered, order = x[index].sort(dim=-1, descending=True, stable=True)
-        ranks = torch.arange(vocab, device=device)[None, :]
-        probs = torch.softmax(ordered.masked_fill(ranks >= top_k, float("-inf")), dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p, and always the top token (a top_p that
-        # rounds to 0 in float32, e.g. 1e-300, would otherwise mask every token) ...
-        probs = probs.masked_fill((probs.cumsum(-1) - probs >= top_p) & (ranks > 0), 0.0)
-        # ... and only tokens at least min_p times as likely as the best (a ratio, so renormalising is moot).
-        probs = probs.masked_fill(probs < min_p * probs[:, :1], 0.0)
+        probs, order = _truncated_sorted(x[index], [params[j] for j in cut])
         picked = _inverse_cdf(probs, uniforms[index])
         tokens[index] = order.gather(1, picked[:, None]).squeeze(1)
     return tokens
@@ -291,21 +278,13 @@ def sampling_probs(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tenso
     """[B, V] float64 probabilities, in vocab order, of the draw `_sample` makes from processed logits ``x``
     (temperature, top-k, top-p, min-p; the same float32 arithmetic), for rules that need the whole law
     (speculative verification). Rows must be non-greedy."""
-    device, vocab = x.device, x.shape[1]
+    device = x.device
     x = x / torch.tensor([p.temperature for p in params], device=device)[:, None]
     probs = torch.softmax(x, dim=-1)
     cut = [j for j, p in enumerate(params) if _truncates(p)]
     if cut:
-        ps = [params[j] for j in cut]
-        top_k = torch.tensor([min(p.top_k, vocab) or vocab for p in ps], device=device)[:, None]
-        top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in ps], device=device)[:, None]
-        min_p = torch.tensor([p.min_p for p in ps], device=device)[:, None]
         index = torch.tensor(cut, device=device)
-        ordered, order = x[index].sort(dim=-1, descending=True, stable=True)
-        ranks = torch.arange(vocab, device=device)[None, :]
-        kept = torch.softmax(ordered.masked_fill(ranks >= top_k, float("-inf")), dim=-1)
-        kept = kept.masked_fill((kept.cumsum(-1) - kept >= top_p) & (ranks > 0), 0.0)
-        kept = kept.masked_fill(kept < min_p * kept[:, :1], 0.0)
+        kept, order = _truncated_sorted(x[index], [params[j] for j in cut])
         probs[index] = torch.zeros_like(kept).scatter_(1, order, kept)
     probs = probs.double()
     return probs / probs.sum(dim=-1, keepdim=True)
@@ -328,3 +307,23 @@ def _sampled_logprobs(
         n = rows[i].params.logprobs or 0
         result[i] = (chosen[j], list(zip(ids[j, :n].tolist(), values[j, :n].tolist(), strict=True)))
     return result
+
+
+def _truncated_sorted(x: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities in descending-logit order after top-k, top-p and min-p, that order) for rows of
+    tempered logits: the one filter both the sampler and speculative verification apply.
+
+    Off-values (k=V, p=inf, min_p=0) never mask anything, so a row's result does not depend on
+    whether its neighbours use the same filters."""
+    device, vocab = x.device, x.shape[1]
+    top_k = torch.tensor([min(p.top_k, vocab) or vocab for p in params], device=device)[:, None]
+    top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in params], device=device)[:, None]
+    min_p = torch.tensor([p.min_p for p in params], device=device)[:, None]
+    ordered, order = x.sort(dim=-1, descending=True, stable=True)
+    ranks = torch.arange(vocab, device=device)[None, :]
+    probs = torch.softmax(ordered.masked_fill(ranks >= top_k, float("-inf")), dim=-1)
+    # Keep the smallest prefix whose mass reaches top_p, and always the top token (a top_p that
+    # rounds to 0 in float32, e.g. 1e-300, would otherwise mask every token) ...
+    probs = probs.masked_fill((probs.cumsum(-1) - probs >= top_p) & (ranks > 0), 0.0)
+    # ... and only tokens at least min_p times as likely as the best (a ratio, so renormalising is moot).
+    return probs.masked_fill(probs < min_p * probs[:, :1], 0.0), order
