@@ -82,5 +82,23 @@ def test_ctrl_c_at_the_prompt_keeps_the_session_and_arrows_recall_lines(nemo_fol
     shown = len(term.screen)
     term.type("\x1b[A\x1b[A\r")  # up twice: readline recalls /help
     term.read_until("/system TEXT", since=shown)  # /help ran again
+    shown = len(term.screen)
+    term.type("hello\r")  # an answer: torch and numba start their worker threads
+    term.read_until(">>> ", since=shown)
+    shown = len(term.screen)
+    term.type("\x03")  # a worker thread must not swallow this one
+    term.read_until("(Use Ctrl-D or /bye to exit.)", since=shown)
     term.type("/bye\r")
+    assert term.wait() == 0
+
+
+def test_ctrl_c_at_the_mistral_chat_prompt_ends_it(nemo_folder: Path) -> None:
+    """mistral-inference's mistral-chat ends on Ctrl-C at its prompt; ours too, after an answer."""
+    term = Terminal([console_script("mistral-chat"), str(nemo_folder), "--instruct", "--max_tokens", "2"])
+    term.read_until("Prompt: ")
+    shown = len(term.screen)
+    term.type("hello\r")
+    screen = term.read_until("=====================", since=shown)
+    term.read_until("Prompt: ", since=screen.index("=====================", shown))
+    term.type("\x03")
     assert term.wait() == 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from mistral_nemo.entrypoints import remote_chat
 from mistral_nemo.entrypoints.chat_repl import Conversation, interactive, run_prompt
+from mistral_nemo.entrypoints.interrupts import route_ctrl_c_to_main_thread
 from mistral_nemo.entrypoints.model_options import (
     add_engine_arguments,
     add_model_argument,
@@ -45,6 +46,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prompt is None:
+        route_ctrl_c_to_main_thread()  # before torch starts its threads
     conversation: Conversation
     if args.url:  # a running server answers instead of a local model
         remote = remote_chat.RemoteConversation(args)

@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mistral_nemo.engine.llm_engine import LLMEngine
-from mistral_nemo.engine.sampling_params import SamplingParams
+from mistral_nemo.entrypoints.interrupts import route_ctrl_c_to_main_thread
 from mistral_nemo.entrypoints.model_options import single_request_engine, stream_text
 from mistral_nemo.entrypoints.tensor_parallel_options import TensorParallelLaunch
 from mistral_nemo.model.generation_defaults import GenerationDefaults
-from mistral_nemo.model.loading import LoadedModel, load
+
+if TYPE_CHECKING:  # torch loads inside the commands, after Ctrl-C is routed to the main thread
+    from mistral_nemo.engine.llm_engine import LLMEngine
+    from mistral_nemo.engine.sampling_params import SamplingParams
+    from mistral_nemo.model.loading import LoadedModel
 
 SEPARATOR = "====================="
 DEMO_PROMPTS = (
@@ -59,6 +62,8 @@ def _parser(prog: str, temperature: float | None) -> argparse.ArgumentParser:
 
 def _params(args: argparse.Namespace, defaults: GenerationDefaults) -> SamplingParams:
     """The model's sampling defaults, under the flags the user gave."""
+    from mistral_nemo.engine.sampling_params import SamplingParams
+
     fields = {**defaults.sampling_fields(), "max_tokens": args.max_tokens, "seed": args.seed}
     if args.temperature is not None:
         fields["temperature"] = args.temperature
@@ -87,6 +92,7 @@ def _mistral_chat(argv: Sequence[str] | None) -> int:
     parser = _parser("mistral-chat", temperature=None)
     parser.add_argument("--instruct", action="store_true", help="use the chat format")
     args = parser.parse_args(argv)
+    route_ctrl_c_to_main_thread()  # before torch starts its threads
     started = _engine(args)
     if started is None:  # a torchrun rank other than 0: it ran the model's steps until rank 0 ended
         return 0
@@ -129,6 +135,8 @@ def _engine(args: argparse.Namespace) -> tuple[LoadedModel, LLMEngine] | None:
     )
     launch = TensorParallelLaunch.from_args(options)
     if launch is None:
+        from mistral_nemo.model.loading import load
+
         loaded = load(args.model_path, lora=args.lora_path)  # a mistral-finetune (or PEFT) adapter
         return loaded, single_request_engine(loaded)
     if launch.is_worker:
