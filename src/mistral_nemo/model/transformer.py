@@ -68,8 +68,11 @@ class RMSNorm(nn.Module):
 class Rotary(nn.Module):
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-        self.register_buffer("inv_freq", 1.0 / (theta**exponents), persistent=False)
+        # Computed on CPU and moved: on the meta device (build_model) pow has only a Python kernel,
+        # whose first use imports torch._dynamo and sympy (~70 MB of RSS, seconds) in every load.
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+        inv_freq = (1.0 / (theta**exponents)).to(torch.get_default_device())
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         angles = positions.float()[:, None] * self.inv_freq[None, :]
@@ -139,11 +142,19 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def _embedding(vocab: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, left uninitialised on the meta device: its normal_ init has only a Python meta
+    kernel there, which imports torch._dynamo and sympy (~70 MB of RSS, seconds) in every load."""
+    if torch.get_default_device().type == "meta":
+        return nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
+    return nn.Embedding(vocab, dim)
+
+
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.tok_embeddings = _embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
