@@ -4,7 +4,9 @@ Writes a Mistral-layout folder (bf16, NeMo's head geometry: 32 query / 8 KV head
 heads x head_dim; fewer layers and a small vocabulary so it stays a few hundred MB; the values are
 zeros, as only the bytes matter here), then loads it in fresh processes with 1 rank and with N
 ranks (gloo) and prints one JSON line: the file size, the peak RSS growth of the one-process load,
-and each rank's peak RSS growth (VmHWM after the load minus RSS before it) as a share of the file.
+and each rank's peak RSS growth (VmHWM after the load minus RSS before it) as a share of the file,
+with what each process holds after the load split into anonymous memory (its own copies) and
+file-backed pages (views of the file's map, counted in RSS too): RssAnon / RssFile growth.
 
     python bench/tensor_parallel_memory.py --ranks 2
 """
@@ -75,24 +77,29 @@ def _status(key: str) -> int:
 
 
 def measure(rank: int, world: int, port: int, folder: str, out: Any) -> None:
-    """Load (this rank's part of) the folder; put (rank, peak growth in bytes) in `out`."""
+    """Load (this rank's part of) the folder; put (rank, {peak, anon, file} growth in bytes) in `out`."""
     from mistral_nemo.model.loading import load
 
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
-    before = _status("VmRSS:")
+    before = {key: _status(key) for key in ("VmRSS:", "RssAnon:", "RssFile:")}
     loaded = load(
         folder, dtype=torch.bfloat16, device="cpu", tensor_parallel=(rank, world) if world > 1 else None
     )
-    out.put((rank, _status("VmHWM:") - before))
+    growth = {
+        "peak": _status("VmHWM:") - before["VmRSS:"],
+        "anon": _status("RssAnon:") - before["RssAnon:"],
+        "file": _status("RssFile:") - before["RssFile:"],
+    }
+    out.put((rank, growth))
     del loaded
     if world > 1:
         dist.destroy_process_group()
 
 
-def run(folder: Path, world: int) -> list[int]:
+def run(folder: Path, world: int) -> list[dict[str, int]]:
     context = mp.get_context("spawn")
     out = context.Queue()
     with socket.socket() as s:
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=7168)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "nemo-shaped"
         weights = write_folder(folder, args.dim, args.layers, args.hidden, vocab=4072)
@@ -125,14 +133,21 @@ def main() -> None:
                 "bench": "tensor_parallel_memory",
                 "weights_bytes": weights,
                 "ranks": args.ranks,
-                "one_process_peak_bytes": one,
-                "rank_peak_bytes": parallel,
-                "rank_peak_share_of_weights": [round(p / weights, 3) for p in parallel],
-                "one_process_share_of_weights": round(one / weights, 3),
-                "load_average": os.getloadavg()[0],
+                "one_process_peak_bytes": one["peak"],
+                "rank_peak_bytes": [p["peak"] for p in parallel],
+                "rank_peak_share_of_weights": [round(p["peak"] / weights, 3) for p in parallel],
+                "one_process_share_of_weights": round(one["peak"] / weights, 3),
+                # After the load: own copies (anonymous) and file pages still mapped, as shares.
+                "one_process_after_anon_file_share": _shares(one, weights),
+                "rank_after_anon_file_share": [_shares(p, weights) for p in parallel],
+                "load_average": [load_before, os.getloadavg()[0]],
             }
         )
     )
+
+
+def _shares(growth: dict[str, int], weights: int) -> list[float]:
+    return [round(growth["anon"] / weights, 3), round(growth["file"] / weights, 3)]
 
 
 if __name__ == "__main__":

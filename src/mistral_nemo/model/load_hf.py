@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.weights import CheckpointError, open_safetensors, read_json, safetensors_keys
+from mistral_nemo.model.weights import (
+    CheckpointError,
+    Part,
+    open_safetensors,
+    read_json,
+    read_part,
+    safetensors_keys,
+)
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _TOP_LEVEL = {
@@ -65,13 +72,17 @@ def hf_name(name: str) -> str | None:
     raise CheckpointError(f"unexpected tensor {name!r} in HF checkpoint")
 
 
-def iter_hf_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_hf_tensors(
+    files: list[Path], part: Callable[[str], Part | None] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors under our names; part: the rows / columns to read of each (by our name; None: whole),
+    through get_slice, so a tensor-parallel rank never touches the rest."""
     for file in files:
         with open_safetensors(file) as f:
             for name in sorted(f.keys()):
                 ours = hf_name(name)
                 if ours is not None:
-                    yield ours, f.get_tensor(name)
+                    yield ours, read_part(f, name, part(ours) if part is not None else None)
 
 
 def _object(path: Path) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -11,9 +11,11 @@ from torch import nn
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.weights import (
     CheckpointError,
+    Part,
     interleaved_to_half,
     open_safetensors,
     read_json,
+    read_part,
     safetensors_keys,
 )
 
@@ -26,7 +28,10 @@ def read_mistral_args(folder: Path) -> ModelArgs:
 
 
 def iter_mistral_tensors(
-    files: list[Path], args: ModelArgs, keep_fp8: bool = False
+    files: list[Path],
+    args: ModelArgs,
+    keep_fp8: bool = False,
+    part: Callable[[str], Part | None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
     """Tensors under our names (which are Mistral's), q/k rows converted to rotate-half.
 
@@ -34,6 +39,10 @@ def iter_mistral_tensors(
     qscale_weight; one number, or one per output row) and `<name>.qscale_act` (the static activation
     scale: x_fp8 = x / qscale_act), as vLLM's Mistral loader reads them. keep_fp8=False dequantizes
     to float32; keep_fp8=True yields each such weight as an Fp8Linear holding the fp8 bytes as they are.
+
+    part: the rows / columns of each tensor to read (a tensor-parallel rank's, by name; None: whole),
+    read through get_slice so the rest is never touched. RoPE rows are converted per head, after the
+    cut (a rank holds whole heads).
     """
     scales = _fp8_scales(files)
     for file in files:
@@ -41,9 +50,18 @@ def iter_mistral_tensors(
             for name in sorted(f.keys()):
                 if name.endswith(_SCALE_SUFFIXES):
                     continue
-                tensor = f.get_tensor(name)
+                where = part(name) if part is not None else None
                 base = name.removesuffix(".weight")
                 w_scale = scales.get(base + ".qscale_weight") if name.endswith(".weight") else None
+                if w_scale is not None and where is not None:
+                    if keep_fp8:
+                        raise CheckpointError(
+                            f"{name}: Fp8Linear layers cannot be split across ranks yet; "
+                            "load with quantization 'none', 'int8' or 'int4' for tensor parallelism"
+                        )
+                    if where[0] == 0 and w_scale.numel() > 1:  # per-row scales: this rank's rows
+                        w_scale = w_scale.reshape(-1)[where[1] : where[2]]
+                tensor = read_part(f, name, where)
                 if w_scale is None:
                     yield name, _to_rotate_half(name, tensor, args)
                 elif keep_fp8:
@@ -96,8 +114,9 @@ def _rope_heads(name: str, args: ModelArgs) -> int | None:
 
 
 def _to_rotate_half(name: str, tensor: torch.Tensor, args: ModelArgs) -> torch.Tensor:
-    heads = _rope_heads(name, args)
-    return interleaved_to_half(tensor, heads) if heads else tensor
+    if not _rope_heads(name, args) or tensor.dim() != 2 or tensor.shape[0] % args.head_dim:
+        return tensor  # not q / k, or a shape that build_model reports
+    return interleaved_to_half(tensor, tensor.shape[0] // args.head_dim)  # the heads read: a rank's part
 
 
 def _has_mistral_names(keys: set[str]) -> bool:

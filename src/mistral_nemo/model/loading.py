@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from mistral_nemo.model.tensor_parallel import TensorParallelShard, parallelize,
 from mistral_nemo.model.transformer import Transformer
 from mistral_nemo.model.weights import (
     CheckpointError,
+    Part,
     build_model,
     drop_mapped_pages,
     private_file_maps,
@@ -61,9 +62,10 @@ class CheckpointReader:
     format: str
     target: Path
     args: ModelArgs
-    tensors: Iterator[tuple[str, torch.Tensor | nn.Module]]
+    tensors: Iterator[tuple[str, torch.Tensor | nn.Module]]  # under tensor parallelism: the rank's parts
     name: str
     weight_files: list[Path]
+    shard: TensorParallelShard | None = None  # the rank's part of the model, when read tensor-parallel
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -143,15 +145,14 @@ def load(
     source = embedded_model_path() if path is None else Path(path).expanduser()
     device = _check_device(device)
     try:
-        reader = read_checkpoint(source, mode, device)
-        shard = None
-        args, tensors = reader.args, reader.tensors
-        if tensor_parallel is not None:
-            if lora is not None:
-                raise ValueError("a LoRA adapter cannot be loaded tensor-parallel yet; merge it first")
-            shard = TensorParallelShard(tensor_parallel[0], tensor_parallel[1], reader.args)
-            args, tensors = shard.local_args(), shard_stream(tensors, shard, reader.weight_files)
-        model = build_model(args, tensors, dtype=dtype or _default_dtype(reader.args, device), device=device)
+        if tensor_parallel is not None and lora is not None:
+            raise ValueError("a LoRA adapter cannot be loaded tensor-parallel yet; merge it first")
+        reader = read_checkpoint(source, mode, device, tensor_parallel)
+        shard = reader.shard
+        args = reader.args if shard is None else shard.local_args()
+        model = build_model(
+            args, reader.tensors, dtype=dtype or _default_dtype(reader.args, device), device=device
+        )
     except SafetensorError as exc:  # a reader that did not name the file (the folder is the best we have)
         raise CheckpointError(f"{source}: a safetensors file is not valid ({exc})") from None
     if device.type == "cpu" and any(type(m).__name__ in _CPU_ONLY for m in model.modules()):
@@ -203,15 +204,31 @@ def _check_device(device: torch.device | str | None) -> torch.device:
     return chosen
 
 
-def read_checkpoint(source: Path, mode: str, device: torch.device) -> CheckpointReader:
-    """Recognise `source` and open its tensors for `mode` (see load); nothing is read until iterated."""
+def read_checkpoint(
+    source: Path, mode: str, device: torch.device, tensor_parallel: tuple[int, int] | None = None
+) -> CheckpointReader:
+    """Recognise `source` and open its tensors for `mode` (see load); nothing is read until iterated.
+
+    tensor_parallel (rank, world): yield only that rank's part of each tensor. Safetensors readers
+    read just that part (get_slice) when nothing is quantized after reading; otherwise (a quantized
+    mode: an int8 row scale spans every column; GGUF) the whole tensor is read and then cut."""
     if mode in ("int8", "int4") and device.type != "cpu":
         raise ValueError(f"{mode} quantization has CPU kernels only; load with device='cpu'")
     kind, target = detect_format(source)
     recorded = None
+    shard: TensorParallelShard | None = None
+
+    def part_reader(args: ModelArgs) -> Callable[[str], Part | None] | None:
+        nonlocal shard
+        if tensor_parallel is None:
+            return None
+        shard = TensorParallelShard(tensor_parallel[0], tensor_parallel[1], args)
+        return shard.slice_of if mode in ("auto", "none") else None
+
     if kind == "gguf":
         meta, infos = read_gguf_header(target)
         args = read_gguf_args(meta, infos)
+        part_reader(args)  # GGUF blocks are cut after reading
         # Quantized blocks become compact layers on CPU (the kernels are CPU ones); float otherwise.
         compact = device.type == "cpu" and mode in ("auto", "int8", "int4")
         tensors = iter_gguf_tensors(target, infos, args, compact=compact)
@@ -219,12 +236,13 @@ def read_checkpoint(source: Path, mode: str, device: torch.device) -> Checkpoint
     elif kind == "mistral":
         args = read_mistral_args(target)
         files = mistral_weight_files(target)
-        tensors = iter_mistral_tensors(files, args, keep_fp8=mode in ("auto", "fp8"))  # FP8 stays FP8
+        keep_fp8 = mode in ("auto", "fp8")  # FP8 stays FP8
+        tensors = iter_mistral_tensors(files, args, keep_fp8=keep_fp8, part=part_reader(args))
         name = target.name
     elif kind == "hf":
         args = read_hf_args(target)
         files = hf_weight_files(target)
-        tensors = iter_hf_tensors(files)
+        tensors = iter_hf_tensors(files, part=part_reader(args))
         name = _hf_name(target)
     else:
         args, recorded = read_quantized_args(target), (read_metadata(target) or {}).get("quantization")
@@ -233,8 +251,9 @@ def read_checkpoint(source: Path, mode: str, device: torch.device) -> Checkpoint
                 f"{target} holds int8 / int4 layers, which have CPU kernels only; load it with "
                 "device='cpu', or with quantization 'fp8' or 'none'"
             )
-        tensors = iter_quantized_tensors(target)
+        tensors = iter_quantized_tensors(target, part=part_reader(args))
         name, files = target.name, [target / "model.safetensors"]
+    cut_on_read = shard is not None and kind != "gguf" and mode in ("auto", "none")
     if mode != "auto" or kind == "quantized":
         from mistral_nemo.model.quant.quantize import QUANTIZED_MODES, quantize_on_load
 
@@ -244,8 +263,10 @@ def read_checkpoint(source: Path, mode: str, device: torch.device) -> Checkpoint
         tensors = quantize_on_load(tensors, mode, tied_output)  # type: ignore[arg-type]
         if mode in QUANTIZED_MODES:
             tensors = _dropping_read_pages(tensors, files)
+    if shard is not None:
+        tensors = shard_stream(tensors, shard, files, already_cut=cut_on_read)
     return CheckpointReader(
-        format=kind, target=target, args=args, tensors=tensors, name=name, weight_files=files
+        format=kind, target=target, args=args, tensors=tensors, name=name, weight_files=files, shard=shard
     )
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.weights import drop_mapped_pages, private_file_maps
+from mistral_nemo.model.weights import copy_out_of_maps, drop_mapped_pages, private_file_maps
 
 # Hidden-unit boundaries fall on multiples of this (when the size allows): int4 / int8 groups of
 # 32 or 64 input columns of w2 then never straddle two ranks.
@@ -125,16 +125,30 @@ class TensorParallelShard:
 
 
 def shard_stream(
-    tensors: Iterable[tuple[str, torch.Tensor | nn.Module]], shard: TensorParallelShard, files: list[Path]
+    tensors: Iterable[tuple[str, torch.Tensor | nn.Module]],
+    shard: TensorParallelShard,
+    files: list[Path],
+    already_cut: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
     """Each tensor as this rank's part, the file pages it was read from released after each one: a
-    rank's resident memory stays near its share of the model, never the whole file."""
+    rank's resident memory stays near its share of the model, never the whole file.
+
+    already_cut: the reader read only this rank's parts (get_slice, see read_checkpoint); they are
+    only copied out of the file's map (chunk by chunk) where they are still views of it."""
     earlier = private_file_maps(files)
     for name, item in tensors:
-        part = shard.shard(name, item)
+        if not already_cut:
+            part = shard.shard(name, item)
+        elif isinstance(item, torch.Tensor):
+            part = copy_out_of_maps(item, private_file_maps(files) - earlier, _COPY_CHUNK)
+        else:
+            part = item  # a compact layer: its readers copy its buffers
         del item
         drop_mapped_pages(private_file_maps(files) - earlier)
         yield name, part
+
+
+_COPY_CHUNK = 16 << 20  # bytes of a part copied between two releases of the file pages read
 
 
 class VocabParallelEmbedding(nn.Module):

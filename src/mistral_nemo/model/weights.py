@@ -38,6 +38,20 @@ def open_safetensors(path: Path) -> Iterator[Any]:
         raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
 
 
+# (dim, start, end) of the part of a tensor to read: rows (dim 0) or columns (dim 1) [start, end).
+Part = tuple[int, int, int]
+
+
+def read_part(f: Any, name: str, part: Part | None) -> torch.Tensor:
+    """Tensor `name` of an open safetensors file, or only its rows / columns `part`, read through
+    get_slice: the rest of the tensor is never touched (may be a view of the file's map)."""
+    if part is None:
+        return f.get_tensor(name)
+    dim, start, end = part
+    piece = f.get_slice(name)
+    return piece[start:end] if dim == 0 else piece[:, start:end]
+
+
 def read_json(path: Path) -> Any:
     """A JSON config file; an unreadable one is a CheckpointError naming the file and the place."""
     try:
@@ -88,6 +102,24 @@ def drop_mapped_pages(ranges: Iterable[tuple[int, int]]) -> None:
     madvise = _libc_madvise()
     for start, end in ranges:
         madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def copy_out_of_maps(tensor: torch.Tensor, maps: set[tuple[int, int]], chunk_bytes: int) -> torch.Tensor:
+    """`tensor` itself if its memory is its own; if it is a view into one of the file `maps`, a
+    private contiguous copy made chunk_bytes at a time, the file pages of each chunk dropped after
+    it (so a large part, such as a vocabulary share of the embedding, never sits twice in RSS)."""
+    address = tensor.untyped_storage().data_ptr()
+    inside = [m for m in maps if m[0] <= address < m[1]]
+    if not inside:
+        return tensor
+    out = torch.empty(tensor.shape, dtype=tensor.dtype)
+    if tensor.dim() == 0 or tensor.nbytes <= chunk_bytes:
+        return out.copy_(tensor)
+    step = max(1, chunk_bytes // max(1, tensor[0].nbytes))
+    for row in range(0, tensor.shape[0], step):
+        out[row : row + step] = tensor[row : row + step]
+        drop_mapped_pages(inside)
+    return out
 
 
 def _private_map_range(line: str, targets: set[str]) -> tuple[int, int] | None:

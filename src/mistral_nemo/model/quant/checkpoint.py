@@ -15,7 +15,7 @@ stays float); a file without one gets it made from the embedding on load, in the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mistral_nemo.model.args import ModelArgs
-from mistral_nemo.model.weights import CheckpointError
+from mistral_nemo.model.weights import CheckpointError, Part, read_part
 
 FORMAT = "mistral-nemo-quantized"
 # 2: int4 nibbles pair values j and j + 16 of every 32-value block (was: of every group). Version 1
@@ -95,9 +95,14 @@ def layer_classes(folder: Path) -> dict[str, str]:
     return {name: spec["class"] for name, spec in _layers(meta, folder).items()}
 
 
-def iter_quantized_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
+def iter_quantized_tensors(
+    folder: Path, part: Callable[[str], Part | None] | None = None
+) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
     """Float tensors as they are and compact linears (under `<linear>.weight`), one read per tensor:
-    no float copy of a quantized linear is ever made."""
+    no float copy of a quantized linear is ever made.
+
+    part: the rows / columns of each weight to read (a tensor-parallel rank's; None: whole), through
+    get_slice; a compact linear's scales are cut with it, on its group boundaries."""
     meta = _checked_metadata(folder)
     layers = _layers(meta, folder)
     formats = layer_formats()
@@ -124,18 +129,33 @@ def iter_quantized_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor | n
             else:
                 floats.append(key)
         for key in sorted(floats):
-            yield key, f.get_tensor(key)
+            yield key, read_part(f, key, part(key) if part is not None else None)
         for linear in sorted(layers):
             spec = layers[linear]
-            buffers = {b: f.get_tensor(k) for b, k in grouped.get(linear, {}).items()}
+            keys = grouped.get(linear, {})
+            where = part(f"{linear}.weight") if part is not None else None
             try:
+                if where is None:
+                    buffers = {b: f.get_tensor(k) for b, k in keys.items()}
+                else:
+                    from mistral_nemo.model.quant.shard import linear_part
+
+                    known = formats[spec["class"]]
+                    unknown = sorted(set(keys) - set(known.required) - set(known.optional))
+                    if unknown:
+                        raise ValueError(f"unknown buffers {unknown}")
+                    slices = {b: f.get_slice(k) for b, k in keys.items()}
+                    buffers = linear_part(f"{linear}.weight", spec["class"], slices, *where)
                 module = formats[spec["class"]].build(buffers)
-            except (TypeError, ValueError, RuntimeError) as exc:
+            except CheckpointError:
+                raise
+            except (TypeError, ValueError, RuntimeError, KeyError) as exc:
                 raise CheckpointError(
                     f"{folder}: layer {linear} ({spec['class']}) is damaged: {exc}"
                 ) from None
             if (
                 spec.get("group_size") is not None
+                and (where is None or where[0] == 0)  # a column cut narrows a per-row int8 "group"
                 and getattr(module, "group_size", None) != spec["group_size"]
             ):
                 raise CheckpointError(f"{folder}: layer {linear} does not have the group size it records")
