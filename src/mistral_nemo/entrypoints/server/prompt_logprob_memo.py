@@ -50,17 +50,26 @@ class PromptLogprobMemo:
     def lookup(self, ids: Sequence[int], scope: Hashable) -> list[TokenLogprob | None]:
         """The entries of the longest known run of leading blocks (a multiple of block_size long)."""
         found: list[TokenLogprob | None] = []
+        used: list[int] = []
         with self._lock:
             for key, tokens in self._hashes(ids, scope):
                 hit = self._blocks.get(key)
                 if hit is None or hit[0] != tokens:  # tokens compared: a hash collision never serves
                     break
-                self._blocks.move_to_end(key)
+                used.append(key)
                 found += hit[1]
+            self._touch(used)
         return found
+
+    def _touch(self, keys: list[int]) -> None:
+        """Most recently used, the first block last: a chain is evicted from its end, never its start
+        (a later block is useless without the ones before it)."""
+        for key in reversed(keys):
+            self._blocks.move_to_end(key)
 
     def store(self, ids: Sequence[int], scope: Hashable, entries: Sequence[TokenLogprob | None]) -> None:
         """Keep the entries of every full block whose entries are all there (position 0 may be None)."""
+        kept: list[int] = []
         with self._lock:
             for index, (key, tokens) in enumerate(self._hashes(ids, scope)):
                 start = index * self.block_size
@@ -71,6 +80,7 @@ class PromptLogprobMemo:
                 if not complete:
                     break
                 self._blocks[key] = (tokens, block)
-                self._blocks.move_to_end(key)
+                kept.append(key)
+            self._touch(kept)
             while len(self._blocks) > self.max_blocks:
                 self._blocks.popitem(last=False)
