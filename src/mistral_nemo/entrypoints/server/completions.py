@@ -5,6 +5,9 @@ one engine request with `n` choices (choice index = prompt index * n + k). `echo
 prompt before the completion, and with `logprobs` also the prompt tokens' logprobs (the first
 token has none). `max_tokens: 0` with echo scores a prompt without generating, which is what
 lm-eval's `local-completions` asks for (it also works with max_tokens 1 and slices [ctxlen:-1]).
+Prompt logprobs already returned are kept per block (prompt_logprob_memo), so a later echo +
+logprobs request sharing a prompt's start asks the engine for the rest only and its context can
+come from the prefix cache.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from mistral_nemo.engine.async_engine import AsyncLLMEngine
 from mistral_nemo.engine.lora_request import LoRARequest
-from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput
+from mistral_nemo.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from mistral_nemo.entrypoints.server.chat import STRUCTURED_OUTPUT_FIELDS
 from mistral_nemo.entrypoints.server.chat_output import openai_finish_reason
 from mistral_nemo.entrypoints.server.common import (
@@ -37,6 +40,7 @@ from mistral_nemo.entrypoints.server.common import (
 )
 from mistral_nemo.entrypoints.server.errors import APIError, logger, to_api_error
 from mistral_nemo.entrypoints.server.metrics import RequestTimer
+from mistral_nemo.entrypoints.server.prompt_logprob_memo import PromptLogprobMemo
 from mistral_nemo.entrypoints.server.protocol import CompletionRequest, parse_body
 from mistral_nemo.entrypoints.server.state import ServerState, get_state
 from mistral_nemo.tokenizer import Tokenizer
@@ -60,6 +64,7 @@ class Job:
     stream: AsyncIterator[RequestOutput]
     timer: RequestTimer
     final: RequestOutput | None = None
+    known: list[TokenLogprob | None] = field(default_factory=list)  # prompt entries from the memo
 
 
 def read_prompts(tokenizer: Tokenizer, raw: Any) -> list[Prompt]:
@@ -118,6 +123,10 @@ async def create_completion(request: Request) -> Response:
     prompts = await asyncio.to_thread(_encode, state, engine.tokenizer, body.prompt)  # off the event loop
     score_only = body.max_tokens == 0
     prompt_logprobs = body.logprobs if body.echo else None  # echo + logprobs: the prompt's too
+    lora = state.lora_request(model)
+    memo = _memo(state, engine) if prompt_logprobs is not None and not body.stream else None
+    scope = (lora.lora_name, lora.lora_int_id, str(lora.lora_path)) if lora else None, prompt_logprobs
+    known = [memo.lookup(p.ids, scope) if memo is not None else [] for p in prompts]
     params = [
         sampling_params(
             body,
@@ -127,11 +136,14 @@ async def create_completion(request: Request) -> Response:
             seed=seed_of(body.seed),
             logprobs=body.logprobs,
             prompt_logprobs=prompt_logprobs,
+            prompt_logprobs_from=len(k),
         )
-        for p in prompts
+        for p, k in zip(prompts, known, strict=True)
     ]
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    jobs = await _start(engine, state, prompts, params, request_id, state.lora_request(model))
+    jobs = await _start(engine, state, prompts, params, request_id, lora)
+    for job, entries in zip(jobs, known, strict=True):
+        job.known = entries
     head = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model}
     view = _View(engine.tokenizer, body, score_only)
 
@@ -149,6 +161,9 @@ async def create_completion(request: Request) -> Response:
     if finished is None:
         return Response(status_code=499)
     choices = [c for job in jobs for c in view.choices(job)]
+    if memo is not None:
+        for job in jobs:
+            memo.store(job.prompt.ids, scope, view.prompt_entries(job))
     request.state.log_extra = _log_extra(request_id, jobs)
     return JSONResponse({**head, "choices": choices, "usage": view.usage(jobs)})
 
@@ -223,9 +238,7 @@ class _View:
         entries: list[Any] = []
         ids: list[int] = []
         if echo:
-            prompt_entries = list(final.prompt_logprobs or [])
-            prompt_entries += [None] * (len(job.prompt.ids) - len(prompt_entries))
-            entries += prompt_entries[: len(job.prompt.ids)]
+            entries += self.prompt_entries(job)
             ids += job.prompt.ids
         shown = completion_logprobs(self.tokenizer, entries, ids, 0)
         if not self.score_only and output.logprobs is not None:
@@ -235,11 +248,29 @@ class _View:
                 shown[key] += new[key]
         return shown
 
+    def prompt_entries(self, job: Job) -> list[TokenLogprob | None]:
+        """Each prompt token's entry: the memo's first, then the engine's (None for the first token)."""
+        assert job.final is not None
+        entries = list(job.final.prompt_logprobs or [])
+        entries += [None] * (len(job.prompt.ids) - len(entries))
+        entries[: len(job.known)] = job.known
+        return entries[: len(job.prompt.ids)]
+
     def usage(self, jobs: list[Job]) -> dict[str, Any]:
         prompt = sum(len(job.prompt.ids) for job in jobs)
         completion = 0 if self.score_only else sum(len(o.token_ids) for j in jobs for o in _outputs(j))
         cached = sum(j.final.num_cached_tokens for j in jobs if j.final is not None)
         return usage(prompt, completion, cached)
+
+
+def _memo(state: ServerState, engine: AsyncLLMEngine) -> PromptLogprobMemo | None:
+    """The server's prompt-logprob memo, in blocks of the engine's size (None: no prefix cache)."""
+    config = engine.engine.config
+    if not config.enable_prefix_caching:
+        return None
+    build = lambda: PromptLogprobMemo(config.block_size)  # noqa: E731
+    memo: PromptLogprobMemo = state.cached("prompt_logprob_memo", build)
+    return memo
 
 
 def _outputs(job: Job) -> list[CompletionOutput]:
