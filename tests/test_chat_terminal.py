@@ -75,16 +75,21 @@ def test_ctrl_c_at_the_prompt_keeps_the_session_and_arrows_recall_lines(nemo_fol
     term.type("/help\r")
     shown = len(term.screen)
     term.read_until(">>> ", since=shown)  # the help printed, the next prompt is waiting
-    term.type("\x03")  # Ctrl-C at the prompt
-    term.read_until("(Use Ctrl-D or /bye to exit.)")
+    for _ in range(10):  # Ctrl-C the instant the prompt shows: before readline waits for a key
+        shown = len(term.screen)
+        term.type("\x03")
+        screen = term.read_until("(Use Ctrl-D or /bye to exit.)", since=shown)
+        term.read_until(">>> ", since=screen.index("(Use Ctrl-D", shown))
     term.type("/reset\r")
     term.read_until("(conversation cleared)")
     shown = len(term.screen)
     term.type("\x1b[A\x1b[A\r")  # up twice: readline recalls /help
-    term.read_until("/system TEXT", since=shown)  # /help ran again
+    screen = term.read_until("/system TEXT", since=shown)  # /help ran again
+    term.read_until(">>> ", since=screen.rindex("/system TEXT"))  # and the prompt is back
     shown = len(term.screen)
     term.type("hello\r")  # an answer: torch and numba start their worker threads
-    term.read_until(">>> ", since=shown)
+    screen = term.read_until("hello", since=shown)
+    term.read_until(">>> ", since=screen.index("hello", shown))  # the answer ended
     shown = len(term.screen)
     term.type("\x03")  # a worker thread must not swallow this one
     term.read_until("(Use Ctrl-D or /bye to exit.)", since=shown)

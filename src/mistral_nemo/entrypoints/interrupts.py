@@ -1,11 +1,12 @@
-"""Ctrl-C reaches the main thread, whichever threads torch, numba or tokenizers start.
+"""Ctrl-C at an interactive prompt always interrupts it.
 
-A Ctrl-C typed in a terminal is a SIGINT to the whole process, and the kernel hands it to any thread
-that does not block it. When a worker thread gets it, Python only sets a flag: the main thread,
-asleep in readline's wait for a key, does not wake, and the prompt ignores the Ctrl-C until the
-next key. So an interactive command blocks SIGINT before any thread exists (every later thread
-inherits the mask), a small thread takes each SIGINT with sigwait, and it wakes the main thread with
-a signal aimed at that thread alone, whose handler raises KeyboardInterrupt there.
+Python's readline prints the prompt, then waits for a key in select(); it raises KeyboardInterrupt
+only when a signal interrupts that select(). A Ctrl-C (SIGINT) that lands in between, or that the
+kernel hands to one of torch's or numba's worker threads, only sets Python's flag: the prompt
+ignores it until the next key. So an interactive command blocks SIGINT before any thread exists
+(every later thread inherits the mask) and one small thread takes each SIGINT with sigwait, then
+signals the main thread alone, again every 50 ms until the main thread has raised
+KeyboardInterrupt for it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 
 _WAKE_MAIN = signal.SIGUSR2
+_RETRY_S = 0.05
 
 
 def route_ctrl_c_to_main_thread() -> None:
@@ -26,7 +29,14 @@ def route_ctrl_c_to_main_thread() -> None:
         return
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         return
-    signal.signal(_WAKE_MAIN, _raise_keyboard_interrupt)
+    pending = threading.Event()  # a Ctrl-C the main thread has not raised yet
+
+    def raise_once(signum: int, frame: object) -> None:
+        if pending.is_set():  # the retries after the first that landed are no-ops
+            pending.clear()
+            raise KeyboardInterrupt
+
+    signal.signal(_WAKE_MAIN, raise_once)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     main_thread = threading.main_thread().ident
     assert main_thread is not None
@@ -34,10 +44,9 @@ def route_ctrl_c_to_main_thread() -> None:
     def forward() -> None:
         while True:
             signal.sigwait({signal.SIGINT})
-            signal.pthread_kill(main_thread, _WAKE_MAIN)
+            pending.set()
+            while pending.is_set() and threading.main_thread().is_alive():
+                signal.pthread_kill(main_thread, _WAKE_MAIN)
+                time.sleep(_RETRY_S)
 
     threading.Thread(target=forward, name="ctrl-c", daemon=True).start()
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
