@@ -51,6 +51,8 @@ def host_isa() -> str:
 
 
 ISA = host_isa()
+if ISA != "generic":
+    llvm.initialize_native_asmparser()  # for the inline assembly of _unpack_nibbles
 
 
 def _vec(t: ir.Type, n: int) -> ir.VectorType:
@@ -114,9 +116,17 @@ def _horizontal_sum(builder: ir.IRBuilder, v: ir.Value, lanes: int = 8) -> ir.Va
 def _unpack_nibbles(builder: ir.IRBuilder, raw: ir.Value) -> Halves:
     """16 bytes -> the block's values as int16: byte j holds value j (low nibble) and value j + 16 (high
     nibble), ggml's Q4 order."""
-    wide = builder.zext(raw, _vec(_I16, 16))  # one widening for both nibbles
-    lo = builder.and_(wide, ir.Constant(_vec(_I16, 16), [15] * 16))
-    return lo, builder.lshr(wide, ir.Constant(_vec(_I16, 16), [4] * 16))
+    v16i16 = _vec(_I16, 16)
+    wide = builder.zext(raw, v16i16)
+    fifteen = ir.Constant(v16i16, [15] * 16)
+    if ISA == "generic":
+        return builder.and_(wide, fifteen), builder.lshr(wide, ir.Constant(v16i16, [4] * 16))
+    # x86: one widening, then a 16-bit mask and shift (3 instructions). Written as IR, LLVM narrows
+    # the mask and shift to bytes and widens twice (5); inline assembly keeps them on the words.
+    ftype = ir.FunctionType(v16i16, [v16i16, v16i16])
+    lo = builder.asm(ftype, "vpand $2, $1, $0", "=x,x,x", [wide, fifteen], side_effect=False)
+    hi = builder.asm(ir.FunctionType(v16i16, [v16i16]), "vpsrlw $$4, $1, $0", "=x,x", [wide], False)
+    return lo, hi
 
 
 def _counted_loop(
@@ -270,6 +280,9 @@ def u4_widen(typingctx, w, w_off, out, n_blocks):
 # one place and not another), which depends only on the exact integer sums: every token gets
 # the same bits alone or in a batch, and kernels.row_chain computes the same chain from the per-block
 # sums of the kernels above (rows left over from the groups of 16, and the tests' reference).
+# One token alone (batch-1 decode) skips the transpose, which then cost more than the multiplies when
+# the weights sit in cache: each row's block is multiplied on its own and the 16 rows' partial sums are
+# reduced together afterwards (_one_token_sums), giving the same exact sums, hence the same bits.
 TILE = 8  # tokens per call: 8 int32 + 8 float accumulators beside the 16 transposed weight registers
 GROUP_ROWS = 16
 CHAINS = 4  # independent vpdpwssd accumulators per token and block
@@ -322,8 +335,9 @@ def _transpose16(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     return vs
 
 
-def _rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> Callable:
-    """transpose: None = only for several tokens (the default); True / False force it (benchmarks)."""
+def rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> Callable:
+    """The row-group kernel for "i8" / "u4" weights and `tile` tokens (i8_rows16 / u4_rows16 below).
+    transpose: None transposes only for several tokens; True / False force it (bench/row_group.py)."""
     transpose = tile > 1 if transpose is None else transpose
     weight_type, bytes_per_block = {"i8": (types.int8, 32), "u4": (types.uint8, 16)}[weights]
 
@@ -473,8 +487,8 @@ def _one_token_sums(builder: ir.IRBuilder, rows: list[Halves], x: Halves) -> ir.
 # weights from w_off + r * w_stride) and tokens t < n (activations from x_off + t * x_stride, block
 # scales xs[xs_off + t * n_blocks + b]), out[16 t + r] = the chain above with ws[b] = wsc[16 b + r].
 # u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes).
-i8_rows16 = tuple(_rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
-u4_rows16 = tuple(_rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
+i8_rows16 = tuple(rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
+u4_rows16 = tuple(rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
 
 
 def _fma32_codegen(context, builder, signature, args):
