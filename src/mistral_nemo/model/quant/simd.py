@@ -51,6 +51,8 @@ def host_isa() -> str:
 
 
 ISA = host_isa()
+if ISA != "generic":
+    llvm.initialize_native_asmparser()  # for the inline assembly of _unpack_nibbles
 
 
 def _vec(t: ir.Type, n: int) -> ir.VectorType:
@@ -114,9 +116,17 @@ def _horizontal_sum(builder: ir.IRBuilder, v: ir.Value, lanes: int = 8) -> ir.Va
 def _unpack_nibbles(builder: ir.IRBuilder, raw: ir.Value) -> Halves:
     """16 bytes -> the block's values as int16: byte j holds value j (low nibble) and value j + 16 (high
     nibble), ggml's Q4 order."""
-    lo = builder.and_(raw, ir.Constant(_vec(_I8, 16), [15] * 16))
-    hi = builder.lshr(raw, ir.Constant(_vec(_I8, 16), [4] * 16))
-    return builder.zext(lo, _vec(_I16, 16)), builder.zext(hi, _vec(_I16, 16))
+    v16i16 = _vec(_I16, 16)
+    wide = builder.zext(raw, v16i16)
+    fifteen = ir.Constant(v16i16, [15] * 16)
+    if ISA == "generic":
+        return builder.and_(wide, fifteen), builder.lshr(wide, ir.Constant(v16i16, [4] * 16))
+    # x86: one widening, then a 16-bit mask and shift (3 instructions). Written as IR, LLVM narrows
+    # the mask and shift to bytes and widens twice (5); inline assembly keeps them on the words.
+    ftype = ir.FunctionType(v16i16, [v16i16, v16i16])
+    lo = builder.asm(ftype, "vpand $2, $1, $0", "=x,x,x", [wide, fifteen], side_effect=False)
+    hi = builder.asm(ir.FunctionType(v16i16, [v16i16]), "vpsrlw $$4, $1, $0", "=x,x", [wide], False)
+    return lo, hi
 
 
 def _counted_loop(
@@ -270,6 +280,9 @@ def u4_widen(typingctx, w, w_off, out, n_blocks):
 # one place and not another), which depends only on the exact integer sums: every token gets
 # the same bits alone or in a batch, and kernels.row_chain computes the same chain from the per-block
 # sums of the kernels above (rows left over from the groups of 16, and the tests' reference).
+# One token alone (batch-1 decode) skips the transpose, which then cost more than the multiplies when
+# the weights sit in cache: each row's block is multiplied on its own and the 16 rows' partial sums are
+# reduced together afterwards (_one_token_sums), giving the same exact sums, hence the same bits.
 TILE = 8  # tokens per call: 8 int32 + 8 float accumulators beside the 16 transposed weight registers
 GROUP_ROWS = 16
 CHAINS = 4  # independent vpdpwssd accumulators per token and block
@@ -322,7 +335,10 @@ def _transpose16(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     return vs
 
 
-def _rows16_intrinsic(weights: str, tile: int) -> Callable:
+def rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> Callable:
+    """The row-group kernel for "i8" / "u4" weights and `tile` tokens (i8_rows16 / u4_rows16 below).
+    transpose: None transposes only for several tokens; True / False force it (bench/row_group.py)."""
+    transpose = tile > 1 if transpose is None else transpose
     weight_type, bytes_per_block = {"i8": (types.int8, 32), "u4": (types.uint8, 16)}[weights]
 
     def codegen(context, builder, signature, args):
@@ -343,19 +359,15 @@ def _rows16_intrinsic(weights: str, tile: int) -> Callable:
         def load(ptr: ir.Value, at: ir.Value, elem: ir.Type, n: int) -> ir.Value:
             return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
 
-        def block(b: ir.Value) -> None:
-            at = builder.mul(b, ir.Constant(_I64, bytes_per_block))
-            rows = []
-            for r in range(GROUP_ROWS):
-                here = builder.add(at, builder.mul(ir.Constant(_I64, r), w_stride))
-                if weights == "i8":
-                    w = builder.sext(load(w_ptr, here, _I8, 32), _vec(_I16, 32))
-                else:
-                    lo, hi = _unpack_nibbles(builder, load(w_ptr, here, _I8, 16))
-                    w = builder.shuffle_vector(lo, hi, _lanes(range(32)))
-                rows.append(builder.bitcast(w, v16i))
-            cols = _transpose16(builder, rows)
-            xat = builder.mul(b, ir.Constant(_I64, 32))
+        def tile_sums(halves: list[Halves], xat: ir.Value) -> list[ir.Value]:
+            """Widen and transpose the 16 rows once, then 16 multiply-adds per token."""
+            cols = _transpose16(
+                builder,
+                [
+                    builder.bitcast(builder.shuffle_vector(lo, hi, _lanes(range(32))), v16i)
+                    for lo, hi in halves
+                ],
+            )
             isums = []
             for t in range(tile):  # token by token: the 16 columns stay in registers for every token
                 row = builder.add(xat, builder.mul(ir.Constant(_I64, t), x_stride))
@@ -373,6 +385,30 @@ def _rows16_intrinsic(weights: str, tile: int) -> Callable:
                 while len(chains) > 1:
                     chains = [builder.add(chains[i], chains[i + 1]) for i in range(0, len(chains), 2)]
                 isums.append(chains[0])
+            return isums
+
+        def block(b: ir.Value) -> None:
+            at = builder.mul(b, ir.Constant(_I64, bytes_per_block))
+            halves = []
+            for r in range(GROUP_ROWS):
+                here = builder.add(at, builder.mul(ir.Constant(_I64, r), w_stride))
+                if weights == "i8":
+                    second = builder.add(here, ir.Constant(_I64, 16))
+                    w = tuple(builder.sext(load(w_ptr, a, _I8, 16), _vec(_I16, 16)) for a in (here, second))
+                else:
+                    w = _unpack_nibbles(builder, load(w_ptr, here, _I8, 16))
+                halves.append(w)
+            xat = builder.mul(b, ir.Constant(_I64, 32))
+            if (
+                not transpose
+            ):  # one token: no transpose (it cost more than the multiplies), see _one_token_sums
+                x = (
+                    load(x_ptr, xat, _I16, 16),
+                    load(x_ptr, builder.add(xat, ir.Constant(_I64, 16)), _I16, 16),
+                )
+                isums = [_one_token_sums(builder, halves, x)]
+            else:
+                isums = tile_sums(halves, xat)
             wsv = load(wsc_ptr, builder.mul(b, ir.Constant(_I64, GROUP_ROWS)), _F32, 16)
             for t in range(tile):
                 xs_at = builder.add(b, builder.mul(ir.Constant(_I64, t), n_blocks))
@@ -401,13 +437,58 @@ def _rows16_intrinsic(weights: str, tile: int) -> Callable:
     return intrinsic(typer)
 
 
+def _in_chunk_sums(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, width: int) -> ir.Value:
+    """Pair sums within each 128-bit chunk of two `width`-lane int32 vectors: chunk c of the result is
+    [a0+a1, a2+a3, b0+b1, b2+b3] of chunk c of a and b (x86 `vphaddd`, no lane crossing)."""
+    even = [i + 4 * c + w for c in range(width // 4) for w, i in ((0, 0), (0, 2), (width, 0), (width, 2))]
+    even_v = builder.shuffle_vector(a, b, _lanes(even))
+    odd_v = builder.shuffle_vector(a, b, _lanes([i + 1 for i in even]))
+    return builder.add(even_v, odd_v)
+
+
+def _chunk_pair_sums(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, width: int) -> ir.Value:
+    """_pair_sums over 128-bit chunks (4 lanes) instead of lanes: [a's chunks 0+1, 2+3, .., b's ..]."""
+    # shuffle indices run over a's lanes then b's, so chunk k of the pair is lanes 4k .. 4k + 3
+    pick = [[4 * k + i for k in range(odd, width // 2, 2) for i in range(4)] for odd in (0, 1)]
+    return builder.add(
+        builder.shuffle_vector(a, b, _lanes(pick[0])), builder.shuffle_vector(a, b, _lanes(pick[1]))
+    )
+
+
+def _one_token_sums(builder: ir.IRBuilder, rows: list[Halves], x: Halves) -> ir.Value:
+    """16 rows' blocks against one token's block -> <16 x i32>, lane r = row r's exact block sum.
+
+    Each row's products are summed into a few lanes by its own multiply-adds (no transpose of the
+    weights), then the 16 rows' lane vectors are reduced together: two stages of pair sums within
+    128-bit chunks leave four rows per chunk, then chunk pairs are added until each row has one lane,
+    in row order. Integer sums: exact in any order."""
+    if WIDE:
+        x32 = builder.shuffle_vector(x[0], x[1], _lanes(range(32)))
+        zero = ir.Constant(_vec(_I32, 16), None)
+        level = [
+            _dot_acc16(builder, zero, builder.shuffle_vector(lo, hi, _lanes(range(32))), x32)
+            for lo, hi in rows
+        ]
+        width = 16
+    else:
+        level = [_block_partial(builder, w, x, False) for w in rows]
+        width = 8
+    for _ in range(2):
+        level = [_in_chunk_sums(builder, level[j], level[j + 1], width) for j in range(0, len(level), 2)]
+    while len(level) * width > GROUP_ROWS:
+        level = [_chunk_pair_sums(builder, level[j], level[j + 1], width) for j in range(0, len(level), 2)]
+    if len(level) == 1:
+        return level[0]
+    return builder.shuffle_vector(level[0], level[1], _lanes(range(16)))
+
+
 # i8_rows16[n - 1](w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks), n = 1..TILE
 # tokens, C-contiguous arrays of any rank, offsets and strides in elements: for rows r < 16 (row r's
 # weights from w_off + r * w_stride) and tokens t < n (activations from x_off + t * x_stride, block
 # scales xs[xs_off + t * n_blocks + b]), out[16 t + r] = the chain above with ws[b] = wsc[16 b + r].
 # u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes).
-i8_rows16 = tuple(_rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
-u4_rows16 = tuple(_rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
+i8_rows16 = tuple(rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
+u4_rows16 = tuple(rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
 
 
 def _fma32_codegen(context, builder, signature, args):
