@@ -18,14 +18,15 @@ class SpeculativeConfigError(ValueError):
 class SpeculativeConfig:
     """Prompt-lookup (n-gram) drafting, as vLLM's ``{"method": "ngram", ...}``.
 
-    num_speculative_tokens: the most tokens drafted per step (K); prompt_lookup_min / max: the
+    num_speculative_tokens: the most tokens drafted per step (K; each step drafts the 1..K that pays
+    best for the sequence's acceptance so far, see decoder.py); prompt_lookup_min / max: the
     shortest / longest suffix of the sequence searched for earlier in it; disable_by_batch_size:
     no drafting in steps with at least this many running sequences (a batch already reads the
     weights once for many tokens, so drafts add compute, not a free ride).
     """
 
     method: str = "ngram"
-    num_speculative_tokens: int = 4
+    num_speculative_tokens: int = 7  # 1 + 7 rows: one tile of the row-group integer kernel (simd.TILE)
     prompt_lookup_min: int = 1
     prompt_lookup_max: int = 4
     disable_by_batch_size: int = 8
