@@ -75,7 +75,9 @@ def test_config_in_vllm_shape() -> None:
     config = SpeculativeConfig.from_value(
         {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 3}
     )
-    assert config == SpeculativeConfig("ngram", 5, 1, 3)
+    assert config == SpeculativeConfig("ngram", 5, 3, 3)
+    low = SpeculativeConfig.from_value({"method": "ngram", "prompt_lookup_max": 2})
+    assert low == SpeculativeConfig("ngram", 7, 2, 2)  # the default min follows a lower max down
 
 
 LOGITS = torch.tensor([[1.0, 0.8, 0.6, 0.4, 0.2, 0.0, -0.2, 1.2]])
