@@ -9,7 +9,7 @@ both) and must give identical tokens. llama-cpp-python decodes the same prompt i
 tokens as ours produced: plain, and with its prompt-lookup draft (LlamaPromptLookupDecoding)
 where the installed version has it. Decode tokens/s: tokens after the first / time after the first.
 
-    .venv/bin/python bench/speculative.py [--model FILE.gguf] [--threads 2] [--tokens 4] [--gen-len 128]
+    .venv/bin/python bench/speculative.py [--model FILE.gguf] [--threads 2] [--tokens 7] [--gen-len 128]
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> int:
     )
     parser.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=4, help="num_speculative_tokens K (default 4)")
+    parser.add_argument("--tokens", type=int, default=7, help="num_speculative_tokens K (default 7)")
     parser.add_argument("--gen-len", type=int, default=128)
     parser.add_argument("--llama-python", help="a Python with llama_cpp (default: this one, if it has it)")
     args = parser.parse_args()

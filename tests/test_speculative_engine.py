@@ -35,7 +35,15 @@ GREEDY = SamplingParams(max_tokens=16, temperature=0)
 
 
 def ngram(k: int, **extra: int) -> dict:
-    return {"method": "ngram", "num_speculative_tokens": k, "disable_by_batch_size": 64, **extra}
+    # matches from 1 token on: many drafts, many rejections, on these short prompts (more to check)
+    return {
+        "method": "ngram",
+        "num_speculative_tokens": k,
+        "disable_by_batch_size": 64,
+        "prompt_lookup_min": 1,
+        "prompt_lookup_max": 4,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,9 @@ def test_config_in_vllm_shape() -> None:
     config = SpeculativeConfig.from_value(
         {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 3}
     )
-    assert config == SpeculativeConfig("ngram", 5, 1, 3)
+    assert config == SpeculativeConfig("ngram", 5, 3, 3)
+    low = SpeculativeConfig.from_value({"method": "ngram", "prompt_lookup_max": 2})
+    assert low == SpeculativeConfig("ngram", 7, 2, 2)  # the default min follows a lower max down
 
 
 LOGITS = torch.tensor([[1.0, 0.8, 0.6, 0.4, 0.2, 0.0, -0.2, 1.2]])
@@ -157,3 +159,13 @@ def test_metrics_report_acceptance() -> None:
     assert "mistral_nemo:spec_decode_acceptance_rate 0.75" in text
     assert "mistral_nemo:spec_decode_mean_accepted_length 3.0" in text
     assert "mistral_nemo:spec_decode_num_draft_tokens_total 16.0" in text
+
+
+def test_draft_length_follows_acceptance() -> None:
+    from mistral_nemo.engine.speculative.decoder import draft_length
+
+    assert draft_length(20.0, 0.0, 7) == 7  # everything accepted: the whole K
+    assert draft_length(20.0, 0.0, 3) == 3  # never past K
+    assert draft_length(0.0, 5.0, 7) == 1  # nothing accepted: only the cheapest probe
+    lengths = [draft_length(a, 1.0, 7) for a in (0.5, 1.0, 2.0, 4.0, 8.0)]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]  # longer drafts as acceptance rises

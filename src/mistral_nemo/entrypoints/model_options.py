@@ -99,7 +99,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--speculative-tokens",
         type=positive_int,
         metavar="K",
-        help="most tokens drafted per step with --speculative (default 4)",
+        help="most tokens drafted per step with --speculative (default 7; fewer when acceptance is low)",
     )
 
 
@@ -201,7 +201,11 @@ def engine_config_from_args(args: argparse.Namespace, **fields: int) -> EngineCo
     if speculative is not None:
         from mistral_nemo.engine.speculative.config import SpeculativeConfig
 
-        config.speculative_config = SpeculativeConfig(method=speculative, num_speculative_tokens=tokens or 4)
+        config.speculative_config = (
+            SpeculativeConfig(method=speculative)
+            if tokens is None
+            else SpeculativeConfig(method=speculative, num_speculative_tokens=tokens)
+        )
     return config
 
 
