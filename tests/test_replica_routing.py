@@ -74,3 +74,22 @@ def test_replicas_without_ray_say_how_to_install_it(monkeypatch, capsys) -> None
 def test_ray_address_needs_replicas(capsys) -> None:
     assert main(["serve", "--ray-address", "auto"]) == 2
     assert "--ray-address needs --replicas N" in capsys.readouterr().err
+
+
+def test_replicas_under_torchrun_are_refused(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # each replica starts its own ranks; torchrun's would be idle
+    assert main(["serve", "--replicas", "2", "--tensor-parallel-size", "2"]) == 2
+    assert "--replicas starts its own ranks in each replica" in capsys.readouterr().err
+
+
+def test_a_tensor_parallel_replica_reserves_each_ranks_cpus_and_gpu() -> None:
+    from mistral_nemo.entrypoints.cli import build_parser
+    from mistral_nemo.entrypoints.replicas.launch import replica_resources
+
+    def reserved(*flags: str) -> dict[str, float]:
+        return replica_resources(build_parser().parse_args(["serve", "--replicas", "2", *flags]))
+
+    assert reserved("--device", "cpu", "--threads", "2") == {"num_cpus": 2.0, "num_gpus": 0.0}
+    both = ("--tensor-parallel-size", "4", "--threads", "2")
+    assert reserved("--device", "cpu", *both) == {"num_cpus": 8.0, "num_gpus": 0.0}
+    assert reserved("--device", "cuda", *both) == {"num_cpus": 8.0, "num_gpus": 4.0}

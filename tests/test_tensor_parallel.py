@@ -124,12 +124,18 @@ def test_two_ranks_give_one_process_logits(nemo_folder: Path) -> None:
         torch.testing.assert_close(torch.tensor(got[mode]), reference, rtol=1e-4, atol=1e-4, msg=mode)
 
 
-@pytest.mark.parametrize("model", ["embedded", "nemo"])
-def test_llm_two_ranks_same_greedy_tokens(model: str, nemo_folder: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "quantization"),
+    [("embedded", "none"), ("embedded", "auto"), ("nemo", "none")],
+    ids=["embedded-float", "embedded-gguf-q4_1", "nemo"],
+)
+def test_llm_two_ranks_same_greedy_tokens(model: str, quantization: str, nemo_folder: Path) -> None:
+    """auto on the embedded GGUF: its Q4_1 / Q8_0 blocks as int4 / int8 layers, each rank reading its
+    own rows and whole blocks of its input columns."""
     path = None if model == "embedded" else nemo_folder
     prompts = [[1, 1504, 3458, 1282, 2649, 1314], [1, 1002, 1003, 1004, 1005]]  # in both vocabularies
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-    options = {"device": "cpu", "num_blocks": 32, "quantization": "none"}
+    options = {"device": "cpu", "num_blocks": 32, "quantization": quantization}
     parallel = LLM(path, tensor_parallel_size=2, **options)
     try:
         got = [o.outputs[0].token_ids for o in parallel.generate(prompts, params, use_tqdm=False)]

@@ -108,7 +108,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=positive_int,
         metavar="N",
         help="serve N full engine replicas on Ray Serve behind one endpoint, a conversation sticking to "
-        "one replica (needs the ray extra: pip install 'mistral-nemo[ray]')",
+        "one replica; with --tensor-parallel-size M each replica runs M ranks "
+        "(needs the ray extra: pip install 'mistral-nemo[ray]')",
     )
     parser.add_argument(
         "--ray-address",
@@ -161,8 +162,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.ray_address is not None and args.replicas is None:
         raise ValueError("--ray-address needs --replicas N (the number of engine replicas to deploy)")
-    if args.replicas is not None and (args.tensor_parallel_size or 1) > 1:
-        raise ValueError("--replicas with --tensor-parallel-size is not supported yet: use one or the other")
+    if args.replicas is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--replicas starts its own ranks in each replica: run it without torchrun")
     model_from_names(args)
     if args.model is not None and not Path(args.model).expanduser().exists():
         from mistral_nemo.model.loading import detect_format

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from mistral_nemo.formats.gguf import (
 )
 from mistral_nemo.model.args import ModelArgs
 from mistral_nemo.model.gguf_quants import dequantize
-from mistral_nemo.model.weights import CheckpointError, interleaved_to_half
+from mistral_nemo.model.weights import CheckpointError, Part, interleaved_to_half
 
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 _TOP_LEVEL = {
@@ -83,7 +83,11 @@ def gguf_name(name: str) -> str | None:
 
 
 def iter_gguf_tensors(
-    path: Path, tensors: list[GgufTensorInfo], args: ModelArgs, compact: bool = False
+    path: Path,
+    tensors: list[GgufTensorInfo],
+    args: ModelArgs,
+    compact: bool = False,
+    part: Callable[[str], Part | None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor | nn.Module]]:
     """Tensors under our names, q/k rows converted to rotate-half.
 
@@ -94,12 +98,19 @@ def iter_gguf_tensors(
     compact `output.weight` made from the same blocks follows the float `tok_embeddings.weight`.
     Embeddings, norms and F32/F16/BF16 weights stay float32 tensors.
     Every tensor's name, type and extent is checked before anything is read.
+
+    part (tensor parallelism): (dim, start, end) of the rows / input columns to keep of each tensor
+    (None: whole). Rows are read alone (whole rows of blocks); columns are cut out of each row chunk
+    as whole blocks when start and end fall on block boundaries, else (e.g. a K-quant's 256) the
+    tensor is read whole and its compact layer cut on its own, finer groups afterwards.
     """
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         plans = [
-            _plan(info, ours, size, path) for info in tensors if (ours := gguf_name(info.name)) is not None
+            _plan(info, ours, size, path, part(ours) if part else None)
+            for info in tensors
+            if (ours := gguf_name(info.name)) is not None
         ]
         spans = [span for plan in plans for span in plan.spans]
         # closing(): the reader thread finishes its read before the file closes (early exit, errors).
@@ -118,9 +129,12 @@ class _Plan:
     rows: int
     cols: int
     spans: list[tuple[int, int, str]]  # (offset, bytes, tensor name) of each chunk of whole rows
+    heads_share: tuple[int, int] = (1, 1)  # rows kept / file rows: the share of RoPE heads read
+    row_cut: tuple[int, int, int] | None = None  # (file row bytes, first, end byte) kept of each row
+    cut_after: Part | None = None  # a part not on block boundaries: cut once built
 
 
-def _plan(info: GgufTensorInfo, ours: str, file_size: int, path: Path) -> _Plan:
+def _plan(info: GgufTensorInfo, ours: str, file_size: int, path: Path, part: Part | None = None) -> _Plan:
     try:
         elements_per_block = block_size(info.qtype)[0]
     except UnsupportedQuantizationError as e:
@@ -135,11 +149,30 @@ def _plan(info: GgufTensorInfo, ours: str, file_size: int, path: Path) -> _Plan:
     row_size = row_bytes(info.qtype, cols)
     if info.offset + rows * row_size > file_size:
         raise CheckpointError(f"{path} is truncated: tensor {info.name} ends past the end of the file")
+    shape = tuple(reversed(info.dims))
+    first, count, extra = 0, rows, {}
+    if part is not None:
+        dim, start, end = part
+        if len(shape) != 2 or not 0 <= start < end <= shape[dim]:
+            raise CheckpointError(f"{path}: tensor {info.name} {shape} has no part {part}")
+        if dim == 0:
+            first, count = start, end - start
+            extra = {"heads_share": (count, rows)}
+        elif start % elements_per_block == 0 and end % elements_per_block == 0:
+            per_block = row_size * elements_per_block // cols
+            cut = (row_size, start // elements_per_block * per_block, end // elements_per_block * per_block)
+            extra = {"row_cut": cut}
+        else:
+            extra = {"cut_after": part}
     step = max(1, _CHUNK_BYTES // max(1, row_size))
     spans = [
-        (info.offset + r * row_size, min(step, rows - r) * row_size, info.name) for r in range(0, rows, step)
+        (info.offset + r * row_size, min(step, first + count - r) * row_size, info.name)
+        for r in range(first, first + count, step)
     ]
-    return _Plan(info, ours, tuple(reversed(info.dims)), rows, cols, spans)
+    if part is not None and "cut_after" not in extra:
+        kept_cols = (part[2] - part[1]) if part[0] == 1 else cols
+        return _Plan(info, ours, (count, kept_cols), count, kept_cols, spans, **extra)
+    return _Plan(info, ours, shape, rows, cols, spans, **extra)
 
 
 def _decode(
@@ -151,9 +184,13 @@ def _decode(
         builders = _builders(plan, args, compact)
         for _ in plan.spans:
             chunk = next(chunks)
+            if plan.row_cut is not None:  # this rank's input columns: whole blocks of each row
+                row_size, first, end = plan.row_cut
+                chunk = np.ascontiguousarray(chunk.reshape(-1, row_size)[:, first:end])
             for _, builder in builders:
                 builder.put(chunk)
-        return [(name, builder.finish()) for name, builder in builders]
+        built = [(name, builder.finish()) for name, builder in builders]
+        return built if plan.cut_after is None else [(n, _cut(n, item, plan.cut_after)) for n, item in built]
     except UnsupportedQuantizationError as e:
         raise UnsupportedQuantizationError(f"{path}: tensor {info.name}: {e}") from e
     except ValueError as e:
@@ -172,7 +209,8 @@ def _builders(plan: _Plan, args: ModelArgs, compact: bool) -> list[tuple[str, _B
     """(our name, builder with put(raw rows) / finish()) for each thing this tensor becomes."""
     qtype, ours, shape = plan.info.qtype, plan.ours, (plan.rows, plan.cols)
     heads = _rope_heads(ours, args)
-    order = _rope_order(plan.rows, heads) if heads else None
+    kept, rows = plan.heads_share  # a rank's rows of q / k are whole heads
+    order = _rope_order(plan.rows, heads * kept // rows) if heads else None
     quantized = not is_float_type(qtype)
     if compact and quantized and _is_linear(ours):
         return [(ours, _compact_rows(qtype, shape, order))]
@@ -181,6 +219,16 @@ def _builders(plan: _Plan, args: ModelArgs, compact: bool) -> list[tuple[str, _B
         # The output projection reads the same blocks: a compact copy, the lookup table stays float.
         return [weight, ("output.weight", _compact_rows(qtype, shape, None))]
     return [weight]
+
+
+def _cut(name: str, item: torch.Tensor | nn.Module, part: Part) -> torch.Tensor | nn.Module:
+    """Columns [start, end) of a built tensor or compact layer (its groups: 32, or 16 for Q6_K)."""
+    dim, start, end = part
+    if isinstance(item, torch.Tensor):
+        return item.narrow(dim, start, end - start).clone()
+    from mistral_nemo.model.quant.shard import shard_linear
+
+    return shard_linear(name, item, dim, start, end)
 
 
 def _compact_rows(qtype: int, shape: tuple[int, int], order: np.ndarray | None) -> _Builder:

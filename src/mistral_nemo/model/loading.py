@@ -210,8 +210,9 @@ def read_checkpoint(
     """Recognise `source` and open its tensors for `mode` (see load); nothing is read until iterated.
 
     tensor_parallel (rank, world): yield only that rank's part of each tensor. Safetensors readers
-    read just that part (get_slice) when nothing is quantized after reading; otherwise (a quantized
-    mode: an int8 row scale spans every column; GGUF) the whole tensor is read and then cut."""
+    (get_slice) and GGUF readers (its rows, or whole blocks of each row) read just that part when
+    nothing is quantized after reading; otherwise (a quantized mode: an int8 row scale spans every
+    column) the whole tensor is read and then cut."""
     if mode in ("int8", "int4") and device.type != "cpu":
         raise ValueError(f"{mode} quantization has CPU kernels only; load with device='cpu'")
     kind, target = detect_format(source)
@@ -228,10 +229,9 @@ def read_checkpoint(
     if kind == "gguf":
         meta, infos = read_gguf_header(target)
         args = read_gguf_args(meta, infos)
-        part_reader(args)  # GGUF blocks are cut after reading
         # Quantized blocks become compact layers on CPU (the kernels are CPU ones); float otherwise.
         compact = device.type == "cpu" and mode in ("auto", "int8", "int4")
-        tensors = iter_gguf_tensors(target, infos, args, compact=compact)
+        tensors = iter_gguf_tensors(target, infos, args, compact=compact, part=part_reader(args))
         name, files = target.stem, [target]  # a file name is usable as a model id (general.name: spaces)
     elif kind == "mistral":
         args = read_mistral_args(target)
@@ -253,7 +253,7 @@ def read_checkpoint(
             )
         tensors = iter_quantized_tensors(target, part=part_reader(args))
         name, files = target.name, [target / "model.safetensors"]
-    cut_on_read = shard is not None and kind != "gguf" and mode in ("auto", "none")
+    cut_on_read = shard is not None and mode in ("auto", "none")
     if mode != "auto" or kind == "quantized":
         from mistral_nemo.model.quant.quantize import QUANTIZED_MODES, quantize_on_load
 

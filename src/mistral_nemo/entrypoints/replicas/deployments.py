@@ -39,9 +39,21 @@ RETRY_PAUSE_S = 0.5
 class EngineReplica:
     async def __init__(self, args: argparse.Namespace) -> None:
         from mistral_nemo.entrypoints.serve_cmd import server_app
+        from mistral_nemo.entrypoints.tensor_parallel_options import TensorParallelLaunch
+        from mistral_nemo.model.tensor_parallel import TensorParallelError
 
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.app = server_app(args)
+        # --tensor-parallel-size N: this replica spawns its own N - 1 ranks (its own gloo / NCCL group,
+        # on the GPUs Ray gave it); a lost rank marks the engine dead and check_health has Serve replace it.
+        self.parallel = TensorParallelLaunch.from_args(args)
+        engines: list[Any] = []
+
+        def rank_lost(reason: str) -> None:
+            logger.error("replica %s: %s", self.replica, reason)
+            if engines:
+                engines[0].dead = TensorParallelError(reason)
+
+        self.app = server_app(args, None, self.parallel, rank_lost, engines.append)
         self.lifespan = self.app.router.lifespan_context(self.app)
         await self.lifespan.__aenter__()  # starts loading the model, as the server's start-up does
         state = self.app.state.server
@@ -70,7 +82,11 @@ class EngineReplica:
             raise RuntimeError(f"the engine of replica {self.replica} has stopped: {engine.dead}")
 
     async def __del__(self) -> None:
-        await self.lifespan.__aexit__(None, None, None)  # shuts the engine down
+        try:
+            await self.lifespan.__aexit__(None, None, None)  # shuts the engine down
+        finally:
+            if self.parallel is not None:
+                self.parallel.close()  # stops this replica's other ranks
 
 
 @serve.deployment

@@ -62,11 +62,13 @@ def start_replicas(args: argparse.Namespace) -> str:
 
 
 def replica_resources(args: argparse.Namespace) -> dict[str, float]:
-    """One replica's reservation: its CPU threads, and one GPU unless it runs on the CPU."""
+    """One replica's reservation: its CPU threads and one GPU (unless it runs on the CPU) per
+    tensor-parallel rank; the ranks it spawns see the GPUs Ray gave it (CUDA_VISIBLE_DEVICES)."""
+    ranks = args.tensor_parallel_size or 1
     wants_gpu = args.device != "cpu" and (
         args.device is not None or ray.cluster_resources().get("GPU", 0) > 0
     )
-    return {"num_cpus": float(args.threads or 1), "num_gpus": 1.0 if wants_gpu else 0.0}
+    return {"num_cpus": float((args.threads or 1) * ranks), "num_gpus": float(ranks) if wants_gpu else 0.0}
 
 
 def stop_replicas() -> None:
