@@ -137,7 +137,7 @@ class TensorParallelGroup:
         if engine.core.speculator is not None:
             raise TensorParallelError("speculative decoding with tensor parallelism is not supported yet")
         broadcast(("cache", CacheShape(engine.cache.num_blocks, engine.cache.block_size)))
-        self.runner = TensorParallelRunner(engine.runner, on_rank_lost)
+        self.runner = TensorParallelRunner(engine.runner, on_rank_lost, self._ended_rank)
         engine.core.runner = self.runner  # type: ignore[assignment]
         if self.processes:
             threading.Thread(target=self._watch, name="tp-rank-monitor", daemon=True).start()
@@ -163,6 +163,17 @@ class TensorParallelGroup:
             return
         process = sentinels[ended[0]]  # type: ignore[index]
         process.join(5)  # its exit code
-        self.runner.rank_lost(
-            f"tensor-parallel {process.name} (pid {process.pid}) exited (code {process.exitcode})"
-        )
+        self.runner.rank_lost(_ended(process))
+
+    def _ended_rank(self) -> str | None:
+        """Which rank process ended, if one did: when a step's collective fails first, this names
+        the rank rather than the transport's error (the process may take a moment to be reaped)."""
+        for process in self.processes:
+            process.join(1.0)
+            if not process.is_alive():
+                return _ended(process)
+        return None
+
+
+def _ended(process: Any) -> str:
+    return f"tensor-parallel {process.name} (pid {process.pid}) exited (code {process.exitcode})"

@@ -109,10 +109,16 @@ class TensorParallelRunner:
     this and every later step raise TensorParallelError.
     """
 
-    def __init__(self, local: ModelRunner, on_rank_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        local: ModelRunner,
+        on_rank_lost: Callable[[str], None] | None = None,
+        ended_rank: Callable[[], str | None] | None = None,
+    ) -> None:
         self.local = local
         self.device = local.device
         self.on_rank_lost = on_rank_lost
+        self.ended_rank = ended_rank  # names a rank process that ended, where rank 0 started them
         self.lost: str | None = None
 
     def run(self, batch: list[ScheduledSeq]) -> StepLogits:
@@ -122,7 +128,8 @@ class TensorParallelRunner:
             broadcast(("step", describe(batch)))
             return self.local.run(batch)
         except (RuntimeError, dist.DistBackendError) as exc:
-            self.rank_lost(f"a tensor-parallel rank stopped answering ({exc})")
+            ended = self.ended_rank() if self.ended_rank is not None else None
+            self.rank_lost(ended or f"a tensor-parallel rank stopped answering ({exc})")
             raise TensorParallelError(self.lost) from None
 
     def rank_lost(self, reason: str) -> None:
