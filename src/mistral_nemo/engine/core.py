@@ -148,6 +148,7 @@ class EngineCore:
             kv_cache_blocks=num_blocks,
             max_num_seqs=self.config.max_num_seqs,
             max_queue=self.config.max_queue,
+            prefix_caching=self.config.enable_prefix_caching,
         )
         self.requests: dict[str, CoreRequest] = {}
         self.by_seq_id: dict[int, SeqDecoding] = {}

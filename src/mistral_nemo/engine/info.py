@@ -14,6 +14,7 @@ class EngineInfo:
     kv_cache_blocks: int  # blocks in the whole KV pool
     max_num_seqs: int  # sequences running at once
     max_queue: int  # sequences waiting before new requests are refused as overloaded
+    prefix_caching: bool = True  # whether requests sharing a prompt's start reuse its KV blocks
 
     @property
     def kv_cache_tokens(self) -> int:

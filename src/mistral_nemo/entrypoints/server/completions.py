@@ -265,11 +265,10 @@ class _View:
 
 def _memo(state: ServerState, engine: AsyncLLMEngine) -> PromptLogprobMemo | None:
     """The server's prompt-logprob memo, in blocks of the engine's size (None: no prefix cache)."""
-    config = engine.engine.config
-    if not config.enable_prefix_caching:
+    info = engine.info
+    if not info.prefix_caching:
         return None
-    build = lambda: PromptLogprobMemo(config.block_size)  # noqa: E731
-    memo: PromptLogprobMemo = state.cached("prompt_logprob_memo", build)
+    memo: PromptLogprobMemo = state.cached("prompt_logprob_memo", lambda: PromptLogprobMemo(info.block_size))
     return memo
 
 
