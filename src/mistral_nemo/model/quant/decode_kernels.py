@@ -92,24 +92,32 @@ def decode_attention(q, keys, values, block_tables, block_size, ctx_lens, n_head
         scores = all_scores[bh]
         acc_v = all_acc[bh]
         top = np.float32(-np.inf)
-        for j in range(n):
-            s = block_tables[b, j // block_size] * block_size + j % block_size
-            acc = np.float32(0.0)
-            for d in range(head_dim):
-                acc += q[b, qoff + d] * keys[s, kv, d]
-            acc *= scale
-            scores[j] = acc
-            top = max(top, acc)
+        # block by block, not j // block_size per position: that integer division cost more than the
+        # 64-wide dot product at short contexts
+        for blk in range((n + block_size - 1) // block_size):
+            first = blk * block_size
+            base = block_tables[b, blk] * block_size
+            for j in range(first, min(n, first + block_size)):
+                s = base + j - first
+                acc = np.float32(0.0)
+                for d in range(head_dim):
+                    acc += q[b, qoff + d] * keys[s, kv, d]
+                acc *= scale
+                scores[j] = acc
+                top = max(top, acc)
         total = np.float32(0.0)
         for j in range(n):
             e = np.exp(scores[j] - top)
             scores[j] = e
             total += e
-        for j in range(n):
-            s = block_tables[b, j // block_size] * block_size + j % block_size
-            w = scores[j]
-            for d in range(head_dim):
-                acc_v[d] += w * values[s, kv, d]
+        for blk in range((n + block_size - 1) // block_size):
+            first = blk * block_size
+            base = block_tables[b, blk] * block_size
+            for j in range(first, min(n, first + block_size)):
+                s = base + j - first
+                w = scores[j]
+                for d in range(head_dim):
+                    acc_v[d] += w * values[s, kv, d]
         inv = np.float32(1.0) / total
         for d in range(head_dim):
             out[b, qoff + d] = acc_v[d] * inv

@@ -59,49 +59,50 @@ _I8R1, _I8R2, _I8R3, _I8R4, _I8R5, _I8R6, _I8R7, _I8R8 = i8_rows16
 _U4R1, _U4R2, _U4R3, _U4R4, _U4R5, _U4R6, _U4R7, _U4R8 = u4_rows16
 
 
-# i8_row_group(n, ...) / u4_row_group(n, ...): simd.i8_rows16[n - 1] / u4_rows16[n - 1] for 1 <= n <= TILE.
+# i8_row_group(n, *args) / u4_row_group(n, *args): simd.i8_rows16[n - 1](*args) / u4_rows16[n - 1](*args),
+# for 1 <= n <= TILE.
 # No fastmath here: numba would mark the intrinsics' float operations fast, free to be reordered.
 _EXACT = {"cache": True, "nogil": True}
 
 
 @njit(**_EXACT)
-def i8_row_group(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
+def i8_row_group(n, *args):
     if n == 1:
-        _I8R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R1(*args)
     elif n == 2:
-        _I8R2(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R2(*args)
     elif n == 3:
-        _I8R3(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R3(*args)
     elif n == 4:
-        _I8R4(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R4(*args)
     elif n == 5:
-        _I8R5(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R5(*args)
     elif n == 6:
-        _I8R6(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R6(*args)
     elif n == 7:
-        _I8R7(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R7(*args)
     else:
-        _I8R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _I8R8(*args)
 
 
 @njit(**_EXACT)
-def u4_row_group(n, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):  # fmt: skip
+def u4_row_group(n, *args):
     if n == 1:
-        _U4R1(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R1(*args)
     elif n == 2:
-        _U4R2(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R2(*args)
     elif n == 3:
-        _U4R3(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R3(*args)
     elif n == 4:
-        _U4R4(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R4(*args)
     elif n == 5:
-        _U4R5(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R5(*args)
     elif n == 6:
-        _U4R6(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R6(*args)
     elif n == 7:
-        _U4R7(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R7(*args)
     else:
-        _U4R8(w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks)
+        _U4R8(*args)
 
 
 @njit(**_EXACT)  # no fastmath: this order of float operations is the contract
@@ -113,15 +114,6 @@ def row_chain(isum: np.ndarray, xs: np.ndarray, t: int, scale: np.ndarray, n: in
     for b in range(isum.shape[0]):
         acc = fma32(np.float32(isum[b]), xs[t, b] * scale[n, b // per_group], acc)
     return acc
-
-
-@njit(**_SERIAL)
-def _column_scales(scale: np.ndarray, first: int, n_blocks: int, wsc: np.ndarray) -> None:
-    """wsc[b, r] = scale[first + r, g(b)]: a row group's weight scale per block, rows in the lanes."""
-    per_group = n_blocks // scale.shape[1]
-    for b in range(n_blocks):
-        for r in range(GROUP_ROWS):
-            wsc[b, r] = scale[first + r, b // per_group]
 
 
 @njit(**_SERIAL)
@@ -204,19 +196,14 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray
     if scale.shape[1] == 2 * n_blocks:
         _int8_half_matmul(xq, xs, q, scale, out)
         return
+    n_groups = scale.shape[1]
     for grp in prange(n_rows // GROUP_ROWS):
         first = grp * GROUP_ROWS
-        wsc = np.empty((n_blocks, GROUP_ROWS), dtype=np.float32)
-        _column_scales(scale, first, n_blocks, wsc)
-        acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
         for t0 in range(0, n_tok, TILE):
-            tn = min(TILE, n_tok - t0)
             i8_row_group(
-                tn, q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks
-            )
-            for j in range(tn):
-                for r in range(GROUP_ROWS):
-                    out[t0 + j, first + r] = acc[j, r]
+                min(TILE, n_tok - t0), q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks,
+                scale, first * n_groups, n_groups, out, t0 * n_rows + first, n_rows, n_blocks,
+            )  # fmt: skip
     isum = np.empty(n_blocks, dtype=np.int32)
     for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
         for t in range(n_tok):
@@ -273,20 +260,15 @@ def int4_matmul(
     n_blocks = row_bytes * 2 // BLOCK
     gsum = group_sums(xsum, scale.shape[1])
     n_tok, k_dim = xq.shape
+    n_groups = scale.shape[1]
     for grp in prange(n_rows // GROUP_ROWS):
         first = grp * GROUP_ROWS
-        wsc = np.empty((n_blocks, GROUP_ROWS), dtype=np.float32)
-        _column_scales(scale, first, n_blocks, wsc)
-        acc = np.empty((TILE, GROUP_ROWS), dtype=np.float32)
         for t0 in range(0, n_tok, TILE):
-            tn = min(TILE, n_tok - t0)
-            w_off, x_off = first * row_bytes, t0 * k_dim
             u4_row_group(
-                tn, packed, w_off, row_bytes, xq, x_off, k_dim, xs, t0 * n_blocks, wsc, acc, n_blocks
-            )
-            for j in range(tn):
-                for r in range(GROUP_ROWS):
-                    out[t0 + j, first + r] = _zero_term(acc[j, r], zero, first + r, gsum, t0 + j)
+                min(TILE, n_tok - t0), packed, first * row_bytes, row_bytes, xq, t0 * k_dim, k_dim, xs,
+                t0 * n_blocks, scale, first * n_groups, n_groups, zero, gsum, t0 * n_groups, out,
+                t0 * n_rows + first, n_rows, n_blocks,
+            )  # fmt: skip
     isum = np.empty(n_blocks, dtype=np.int32)
     for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
         for t in range(n_tok):

@@ -313,6 +313,18 @@ def _dot_acc16(builder: ir.IRBuilder, acc: ir.Value, w: ir.Value, x: ir.Value) -
     return builder.shuffle_vector(halves[0], halves[1], _lanes(range(16)))
 
 
+def _prefetch(builder: ir.IRBuilder, ptr: ir.Value) -> None:
+    """Ask for the cache line at ptr (read, keep in all levels); never faults, even past an array's end."""
+    at = builder.bitcast(ptr, _I8.as_pointer())
+    args = [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)]
+    fn = builder.module.globals.get("llvm.prefetch.p0")
+    if fn is None:
+        fn = ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]), "llvm.prefetch.p0"
+        )
+    builder.call(fn, args)
+
+
 def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
     one = builder.insert_element(ir.Constant(_vec(value.type, n), None), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(one, one, _lanes([0] * n))
@@ -340,24 +352,45 @@ def rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> 
     transpose: None transposes only for several tokens; True / False force it (bench/row_group.py)."""
     transpose = tile > 1 if transpose is None else transpose
     weight_type, bytes_per_block = {"i8": (types.int8, 32), "u4": (types.uint8, 16)}[weights]
+    zeros = weights == "u4"
+
+    # argument names in order; the typers below give their types
+    params = ["w", "w_off", "w_stride", "x", "x_off", "x_stride", "xs", "xs_off", "sc", "sc_off", "n_groups"]
+    params += ["zr", "gs", "gs_off"] if zeros else []
+    params += ["out", "out_off", "out_stride", "n_blocks"]
 
     def codegen(context, builder, signature, args):
-        w_arr, w_off, w_stride, x_arr, x_off, x_stride, xs_arr, xs_off, wsc_arr, out_arr, n_blocks = args
+        arg = dict(zip(params, args, strict=True))
+        kind = dict(zip(params, signature.args, strict=True))
+        w_off, w_stride, x_stride, xs_off = arg["w_off"], arg["w_stride"], arg["x_stride"], arg["xs_off"]
+        sc_off, n_groups, n_blocks = arg["sc_off"], arg["n_groups"], arg["n_blocks"]
 
-        def data(i: int, arr: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[i])(context, builder, arr).data
+        def data(name: str) -> ir.Value:
+            return context.make_array(kind[name])(context, builder, arg[name]).data
 
-        w_ptr = builder.gep(data(0, w_arr), [w_off])
-        x_ptr = builder.gep(data(3, x_arr), [x_off])
-        xs_ptr = builder.gep(data(6, xs_arr), [xs_off])
-        wsc_ptr, out_ptr = data(8, wsc_arr), data(9, out_arr)
+        w_ptr = builder.gep(data("w"), [w_off])
+        x_ptr = builder.gep(data("x"), [arg["x_off"]])
+        xs_ptr = builder.gep(data("xs"), [xs_off])
+        out_ptr = builder.gep(data("out"), [arg["out_off"]])
         v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
         accs = [cgutils.alloca_once(builder, v16f) for _ in range(tile)]
         for a in accs:
             builder.store(ir.Constant(v16f, None), a)
+        per_group = builder.udiv(n_blocks, n_groups)
 
         def load(ptr: ir.Value, at: ir.Value, elem: ir.Type, n: int) -> ir.Value:
             return builder.load(builder.bitcast(builder.gep(ptr, [at]), _vec(elem, n).as_pointer()), align=1)
+
+        def rows_of_column(arr: str, g: ir.Value) -> ir.Value:
+            """<16 x float>: lane r = arr[sc_off + r * n_groups + g], group g of the 16 rows (scales and
+            zeros stay in their [rows, groups] layout: gathering them here replaced a per-call copy
+            into rows-in-lanes order that cost as much as the multiplies at SmolLM2's sizes)."""
+            base = builder.gep(data(arr), [builder.add(sc_off, g)])
+            vec = ir.Constant(v16f, None)
+            for r in range(GROUP_ROWS):
+                at = builder.gep(base, [builder.mul(ir.Constant(_I64, r), n_groups)])
+                vec = builder.insert_element(vec, builder.load(at), ir.Constant(_I32, r))
+            return vec
 
         def tile_sums(halves: list[Halves], xat: ir.Value) -> list[ir.Value]:
             """Widen and transpose the 16 rows once, then 16 multiply-adds per token."""
@@ -387,8 +420,18 @@ def rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> 
                 isums.append(chains[0])
             return isums
 
-        def block(b: ir.Value) -> None:
+        # The next row group (the next 16 rows, what this thread most likely multiplies next) is fetched
+        # while this one is multiplied, a block's share per block. The 16 rows are read side by side,
+        # 16 streams at a row's stride, which the hardware prefetchers do not follow: without this,
+        # weights not in cache streamed at a quarter of a plain read's bandwidth.
+        next_rows = builder.gep(w_ptr, [builder.mul(ir.Constant(_I64, GROUP_ROWS), w_stride)])
+        slice_bytes = GROUP_ROWS * bytes_per_block  # the next group's bytes per block of this one
+
+        def block(b: ir.Value, wsv: ir.Value) -> None:
             at = builder.mul(b, ir.Constant(_I64, bytes_per_block))
+            ahead = builder.gep(next_rows, [builder.mul(b, ir.Constant(_I64, slice_bytes))])
+            for line in range(0, slice_bytes, 64):
+                _prefetch(builder, builder.gep(ahead, [ir.Constant(_I64, line)]))
             halves = []
             for r in range(GROUP_ROWS):
                 here = builder.add(at, builder.mul(ir.Constant(_I64, r), w_stride))
@@ -399,9 +442,7 @@ def rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> 
                     w = _unpack_nibbles(builder, load(w_ptr, here, _I8, 16))
                 halves.append(w)
             xat = builder.mul(b, ir.Constant(_I64, 32))
-            if (
-                not transpose
-            ):  # one token: no transpose (it cost more than the multiplies), see _one_token_sums
+            if not transpose:  # one token: the transpose cost more than the multiplies (_one_token_sums)
                 x = (
                     load(x_ptr, xat, _I16, 16),
                     load(x_ptr, builder.add(xat, ir.Constant(_I64, 16)), _I16, 16),
@@ -409,29 +450,58 @@ def rows16_intrinsic(weights: str, tile: int, transpose: bool | None = None) -> 
                 isums = [_one_token_sums(builder, halves, x)]
             else:
                 isums = tile_sums(halves, xat)
-            wsv = load(wsc_ptr, builder.mul(b, ir.Constant(_I64, GROUP_ROWS)), _F32, 16)
             for t in range(tile):
                 xs_at = builder.add(b, builder.mul(ir.Constant(_I64, t), n_blocks))
                 scale = builder.fmul(_splat(builder, builder.load(builder.gep(xs_ptr, [xs_at])), 16), wsv)
                 fma_args = [builder.sitofp(isums[t], v16f), scale, builder.load(accs[t])]
                 builder.store(_call(builder, "llvm.fma.v16f32", v16f, fma_args), accs[t])
 
-        _counted_loop(builder, n_blocks, block, "rows16")
+        next_scales = builder.add(sc_off, builder.mul(ir.Constant(_I64, GROUP_ROWS), n_groups))
+
+        def group(g: ir.Value) -> None:
+            ahead = builder.add(next_scales, builder.mul(g, ir.Constant(_I64, GROUP_ROWS)))
+            for arr in ("sc", "zr") if zeros else ("sc",):  # 16 floats: one line of the next group's
+                _prefetch(builder, builder.gep(data(arr), [ahead]))
+            wsv = rows_of_column("sc", g)
+            first = builder.mul(g, per_group)
+            _counted_loop(builder, per_group, lambda j: block(builder.add(first, j), wsv), "rows16.block")
+
+        _counted_loop(builder, n_groups, group, "rows16.group")
+        if zeros:  # int4's zero term after the blocks, group by group: kernels._zero_term's order
+
+            def zero_term(g: ir.Value) -> None:
+                zv = rows_of_column("zr", g)
+                gs_ptr = builder.gep(data("gs"), [builder.add(arg["gs_off"], g)])
+                for t in range(tile):
+                    gs = builder.load(builder.gep(gs_ptr, [builder.mul(ir.Constant(_I64, t), n_groups)]))
+                    fma_args = [zv, _splat(builder, gs, 16), builder.load(accs[t])]
+                    builder.store(_call(builder, "llvm.fma.v16f32", v16f, fma_args), accs[t])
+
+            _counted_loop(builder, n_groups, zero_term, "rows16.zero")
         for t in range(tile):
-            at = builder.gep(out_ptr, [ir.Constant(_I64, GROUP_ROWS * t)])
+            at = builder.gep(out_ptr, [builder.mul(ir.Constant(_I64, t), arg["out_stride"])])
             builder.store(builder.load(accs[t]), builder.bitcast(at, v16f.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    def typer(typingctx, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks):
-        expected = (weight_type, types.int16, types.float32, types.float32, types.float32)
-        arrays = (w, x, xs, wsc, out)
+    def signature(arrays: dict[str, types.Type]) -> tuple[types.Signature, Callable] | None:
+        expected = {"w": weight_type, "x": types.int16}
         if not all(
-            isinstance(a, types.Array) and a.dtype == e and a.layout == "C"
-            for a, e in zip(arrays, expected, strict=True)
+            isinstance(a, types.Array) and a.dtype == expected.get(name, types.float32) and a.layout == "C"
+            for name, a in arrays.items()
         ):
             return None  # numba reports the signature as unsupported
-        i = types.intp
-        return types.void(w, i, i, x, i, i, xs, i, wsc, out, i), codegen
+        return types.void(*(arrays.get(name, types.intp) for name in params)), codegen
+
+    if zeros:
+
+        def typer(typingctx, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, sc, sc_off, n_groups,
+                  zr, gs, gs_off, out, out_off, out_stride, n_blocks):  # fmt: skip
+            return signature({"w": w, "x": x, "xs": xs, "sc": sc, "zr": zr, "gs": gs, "out": out})
+    else:
+
+        def typer(typingctx, w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, sc, sc_off, n_groups,
+                  out, out_off, out_stride, n_blocks):  # fmt: skip
+            return signature({"w": w, "x": x, "xs": xs, "sc": sc, "out": out})
 
     typer.__name__ = typer.__qualname__ = f"{weights}_rows16_tile{tile}"
     return intrinsic(typer)
@@ -482,11 +552,15 @@ def _one_token_sums(builder: ir.IRBuilder, rows: list[Halves], x: Halves) -> ir.
     return builder.shuffle_vector(level[0], level[1], _lanes(range(16)))
 
 
-# i8_rows16[n - 1](w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, wsc, out, n_blocks), n = 1..TILE
-# tokens, C-contiguous arrays of any rank, offsets and strides in elements: for rows r < 16 (row r's
-# weights from w_off + r * w_stride) and tokens t < n (activations from x_off + t * x_stride, block
-# scales xs[xs_off + t * n_blocks + b]), out[16 t + r] = the chain above with ws[b] = wsc[16 b + r].
-# u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes).
+# i8_rows16[n - 1](w, w_off, w_stride, x, x_off, x_stride, xs, xs_off, sc, sc_off, n_groups,
+#                  out, out_off, out_stride, n_blocks), n = 1..TILE tokens; C-contiguous arrays of any
+# rank, offsets and strides in elements: for rows r < 16 (row r's weights from w_off + r * w_stride,
+# its scales sc[sc_off + r * n_groups + g], g < n_groups, each covering n_blocks / n_groups blocks) and
+# tokens t < n (activations from x_off + t * x_stride, block scales xs[xs_off + t * n_blocks + b]),
+# out[out_off + t * out_stride + r] = the chain above with ws[b] = that row's scale of b's group.
+# u4_rows16: the same for nibble-packed weights (16 bytes a block, ggml's Q4 order; w in bytes), with
+# (zr, gs, gs_off) after n_groups: zeros laid out as sc, group sums of the activations
+# gs[gs_off + t * n_groups + g], and int4's zero term added last (kernels._zero_term's chain).
 i8_rows16 = tuple(rows16_intrinsic("i8", n) for n in range(1, TILE + 1))
 u4_rows16 = tuple(rows16_intrinsic("u4", n) for n in range(1, TILE + 1))
 
