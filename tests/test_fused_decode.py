@@ -12,7 +12,7 @@ from mistral_nemo.engine.dense_cache import DenseKVCache
 from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.sampling_params import SamplingParams
 from mistral_nemo.model.loading import LoadedModel, load
-from mistral_nemo.model.quant import Int4Linear, quantize_model
+from mistral_nemo.model.quant import Int4Linear, Int8Linear, quantize_model
 from mistral_nemo.model.quant.fused_decode import FusedDecoder
 from tests.activation_reference import assert_logits_agree_to_quantization_noise
 from tests.gguf_fixture import smollm2_gguf_path
@@ -39,13 +39,17 @@ def smollm2_int4() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def nemo_mixed(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    """NeMo-shaped (head_dim 128 != dim / heads, GQA 4/2), int8 with some int4 layers mixed in."""
+    """NeMo-shaped (head_dim 128 != dim / heads, GQA 4/2), int8 with some int4 layers mixed in and int8
+    ones with a scale per 16 values (GGUF Q6_K's), which the fused step runs apart from the others."""
     folder = write_mistral_folder(random_reference_model(seed=5), tmp_path_factory.mktemp("nemo"))
     loaded = load(folder, dtype=torch.float32, device="cpu", quantization="none")
     quantize_model(loaded.model, "int8")
     first = loaded.model.layers[0]
     first.attention.wk = Int4Linear.from_float(first.attention.wk.dequantize(), group_size=32)
     first.feed_forward.w2 = Int4Linear.from_float(first.feed_forward.w2.dequantize(), group_size=64)
+    first.attention.wv = Int8Linear.from_float(first.attention.wv.dequantize(), group_size=16)
+    last = loaded.model.layers[-1]
+    last.feed_forward.w3 = Int8Linear.from_float(last.feed_forward.w3.dequantize(), group_size=16)
     return loaded
 
 

@@ -192,23 +192,41 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray
     per-block sums of each half block, widened once per row for several tokens."""
     n_rows, k_dim = q.shape
     n_blocks = k_dim // BLOCK
-    n_tok = xq.shape[0]
     if scale.shape[1] == 2 * n_blocks:
         _int8_half_matmul(xq, xs, q, scale, out)
         return
-    n_groups = scale.shape[1]
     for grp in prange(n_rows // GROUP_ROWS):
-        first = grp * GROUP_ROWS
-        for t0 in range(0, n_tok, TILE):
-            i8_row_group(
-                min(TILE, n_tok - t0), q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks,
-                scale, first * n_groups, n_groups, out, t0 * n_rows + first, n_rows, n_blocks,
-            )  # fmt: skip
+        int8_row_group_tiles(q, scale, xq, xs, grp * GROUP_ROWS, out, 0)
+    int8_left_over_rows(q, scale, xq, xs, out, 0)
+
+
+@njit(**_EXACT)
+def int8_row_group_tiles(
+    q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, first: int, out: np.ndarray, col: int
+) -> None:
+    """Rows first .. first + 15 of int8_matmul for every token, into out[t, col + first + r] (out [T, *]
+    C-contiguous, so several linears can share one output: decode_kernels runs them in one loop)."""
+    n_tok, k_dim = xq.shape
+    n_blocks, n_groups, stride = k_dim // BLOCK, scale.shape[1], out.shape[1]
+    for t0 in range(0, n_tok, TILE):
+        i8_row_group(
+            min(TILE, n_tok - t0), q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks,
+            scale, first * n_groups, n_groups, out, t0 * stride + col + first, stride, n_blocks,
+        )  # fmt: skip
+
+
+@njit(**_EXACT)
+def int8_left_over_rows(
+    q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, out: np.ndarray, col: int
+) -> None:
+    """The rows after the last whole group of 16, by per-block sums and row_chain (the same chain)."""
+    n_rows, k_dim = q.shape
+    n_blocks = k_dim // BLOCK
     isum = np.empty(n_blocks, dtype=np.int32)
     for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
-        for t in range(n_tok):
+        for t in range(xq.shape[0]):
             i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
-            out[t, n] = row_chain(isum, xs, t, scale, n)
+            out[t, col + n] = row_chain(isum, xs, t, scale, n)
 
 
 @njit(**_OPTS)
@@ -256,24 +274,56 @@ def int4_matmul(
     out: np.ndarray,
 ) -> None:
     """out[T, N] = dequantized activations @ (scale * q + zero).T for nibble-packed q in groups of 32."""
-    n_rows, row_bytes = packed.shape
-    n_blocks = row_bytes * 2 // BLOCK
     gsum = group_sums(xsum, scale.shape[1])
+    for grp in prange(packed.shape[0] // GROUP_ROWS):
+        int4_row_group_tiles(packed, scale, zero, gsum, 0, xq, xs, grp * GROUP_ROWS, out, 0)
+    int4_left_over_rows(packed, scale, zero, gsum, xq, xs, out, 0)
+
+
+@njit(**_EXACT)
+def int4_row_group_tiles(
+    packed: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    gs: np.ndarray,
+    gs_base: int,
+    xq: np.ndarray,
+    xs: np.ndarray,
+    first: int,
+    out: np.ndarray,
+    col: int,
+) -> None:
+    """int8_row_group_tiles for int4; gs holds the activations' group sums [T, n_groups] from element
+    gs_base on (group_sums)."""
     n_tok, k_dim = xq.shape
-    n_groups = scale.shape[1]
-    for grp in prange(n_rows // GROUP_ROWS):
-        first = grp * GROUP_ROWS
-        for t0 in range(0, n_tok, TILE):
-            u4_row_group(
-                min(TILE, n_tok - t0), packed, first * row_bytes, row_bytes, xq, t0 * k_dim, k_dim, xs,
-                t0 * n_blocks, scale, first * n_groups, n_groups, zero, gsum, t0 * n_groups, out,
-                t0 * n_rows + first, n_rows, n_blocks,
-            )  # fmt: skip
+    row_bytes = packed.shape[1]
+    n_blocks, n_groups, stride = k_dim // BLOCK, scale.shape[1], out.shape[1]
+    for t0 in range(0, n_tok, TILE):
+        u4_row_group(
+            min(TILE, n_tok - t0), packed, first * row_bytes, row_bytes, xq, t0 * k_dim, k_dim, xs,
+            t0 * n_blocks, scale, first * n_groups, n_groups, zero, gs, gs_base + t0 * n_groups, out,
+            t0 * stride + col + first, stride, n_blocks,
+        )  # fmt: skip
+
+
+@njit(**_EXACT)
+def int4_left_over_rows(
+    packed: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    gsum: np.ndarray,
+    xq: np.ndarray,
+    xs: np.ndarray,
+    out: np.ndarray,
+    col: int,
+) -> None:
+    n_rows = packed.shape[0]
+    n_blocks = packed.shape[1] * 2 // BLOCK
     isum = np.empty(n_blocks, dtype=np.int32)
     for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
-        for t in range(n_tok):
+        for t in range(xq.shape[0]):
             u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
-            out[t, n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
+            out[t, col + n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
 
 
 @njit(**_EXACT)  # no fastmath: one order for every path
