@@ -12,6 +12,8 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from mistral_nemo.tokenizer import TekkenTokenizer, load_tokenizer
 
+pytest_plugins = ("tests.parallel",)  # running under pytest-xdist
+
 NEMO_TEKKEN = Path(mistral_common.__file__).parent / "data" / "tekken_240718.json"
 
 
