@@ -40,7 +40,7 @@ def smollm2_int4() -> LoadedModel:
 @pytest.fixture(scope="module")
 def nemo_mixed(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     """NeMo-shaped (head_dim 128 != dim / heads, GQA 4/2), int8 with some int4 layers mixed in and int8
-    ones with a scale per 16 values (GGUF Q6_K's), which the fused step runs apart from the others."""
+    ones with a scale per 16 values (GGUF Q6_K's, another kernel)."""
     folder = write_mistral_folder(random_reference_model(seed=5), tmp_path_factory.mktemp("nemo"))
     loaded = load(folder, dtype=torch.float32, device="cpu", quantization="none")
     quantize_model(loaded.model, "int8")

@@ -19,18 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from mistral_nemo.model.quant.kernels import (
-    BLOCK,
-    group_sums,
-    int4_left_over_rows,
-    int4_matmul,
-    int4_row_group_tiles,
-    int8_left_over_rows,
-    int8_matmul,
-    int8_row_group_tiles,
-    quantize_activations,
-)
-from mistral_nemo.model.quant.simd import GROUP_ROWS
+from mistral_nemo.model.quant.kernels import int4_matmul, int8_matmul, quantize_activations
 
 LINEARS = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
 KIND_INT8, KIND_INT4 = 0, 1
@@ -38,66 +27,13 @@ _OPTS = {"fastmath": True, "cache": True, "nogil": True}
 
 
 @njit(**_OPTS)
-def _row_group(kind, q8, p4, scale, zero, gs, gs_base, xq, xs, first, out, col):
-    if kind == KIND_INT8:
-        int8_row_group_tiles(q8, scale, xq, xs, first, out, col)
+def _linear(i, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, n_out):
+    """Linear i on activations quantized once by quantize_activations (shared by wq/wk/wv, w1/w3)."""
+    out = np.empty((xq.shape[0], n_out), dtype=np.float32)
+    if kinds[i] == KIND_INT8:
+        int8_matmul(xq, xs, q8s[i], scales[i], out)
     else:
-        int4_row_group_tiles(p4, scale, zero, gs, gs_base, xq, xs, first, out, col)
-
-
-@njit(parallel=True, **_OPTS)
-def _linears(i, count, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims):
-    """Linears i .. i + count - 1 (count <= 3) on the same activations (wq/wk/wv, w1/w3), quantized once by
-    quantize_activations, side by side in one output [T, sum of their widths]: their row groups share one
-    parallel loop, since each loop's start and end cost the threads more than a small linear's work."""
-    n_tok = xq.shape[0]
-    cols = np.zeros(count + 1, dtype=np.int64)  # first output column of each linear
-    tasks = np.zeros(count + 1, dtype=np.int64)  # first row-group task of each linear
-    gs_at = np.zeros(count + 1, dtype=np.int64)  # where each int4 linear's group sums start in gs
-    half_blocks = False  # int8 with a scale per 16 values (Q6_K): its own kernel
-    for j in range(count):
-        li = i + j
-        cols[j + 1] = cols[j] + out_dims[li]
-        tasks[j + 1] = tasks[j] + out_dims[li] // GROUP_ROWS
-        gs_at[j + 1] = gs_at[j] + (n_tok * scales[li].shape[1] if kinds[li] == KIND_INT4 else 0)
-        half_blocks |= kinds[li] == KIND_INT8 and scales[li].shape[1] == 2 * (xq.shape[1] // BLOCK)
-    out = np.empty((n_tok, cols[count]), dtype=np.float32)
-    if half_blocks:
-        for j in range(count):
-            part = np.empty((n_tok, out_dims[i + j]), dtype=np.float32)
-            if kinds[i + j] == KIND_INT8:
-                int8_matmul(xq, xs, q8s[i + j], scales[i + j], part)
-            else:
-                int4_matmul(xq, xs, xsum, p4s[i + j], scales[i + j], zeros[i + j], part)
-            out[:, cols[j] : cols[j + 1]] = part
-        return out
-    gs = np.empty(gs_at[count], dtype=np.float32)
-    for j in range(count):
-        if kinds[i + j] == KIND_INT4:
-            gs[gs_at[j] : gs_at[j + 1]] = group_sums(xsum, scales[i + j].shape[1]).ravel()
-    # Up to three linears' arrays taken out of the typed lists before the loop: a list access per task
-    # (a call and a reference count) cost more than the merged loops saved.
-    i1, i2 = i + min(1, count - 1), i + min(2, count - 1)
-    q0, q1, q2 = q8s[i], q8s[i1], q8s[i2]
-    p0, p1, p2 = p4s[i], p4s[i1], p4s[i2]
-    s0, s1, s2 = scales[i], scales[i1], scales[i2]
-    z0, z1, z2 = zeros[i], zeros[i1], zeros[i2]
-    for task in prange(tasks[count]):
-        j = 0 if task < tasks[1] else (1 if task < tasks[2] else 2)
-        first = (task - tasks[j]) * GROUP_ROWS
-        if j == 0:
-            _row_group(kinds[i], q0, p0, s0, z0, gs, gs_at[0], xq, xs, first, out, cols[0])
-        elif j == 1:
-            _row_group(kinds[i1], q1, p1, s1, z1, gs, gs_at[1], xq, xs, first, out, cols[1])
-        else:
-            _row_group(kinds[i2], q2, p2, s2, z2, gs, gs_at[2], xq, xs, first, out, cols[2])
-    for j in range(count):
-        li = i + j
-        if kinds[li] == KIND_INT8:
-            int8_left_over_rows(q8s[li], scales[li], xq, xs, out, cols[j])
-        else:
-            gsum = group_sums(xsum, scales[li].shape[1])
-            int4_left_over_rows(p4s[li], scales[li], zeros[li], gsum, xq, xs, out, cols[j])
+        int4_matmul(xq, xs, xsum, p4s[i], scales[i], zeros[i], out)
     return out
 
 
@@ -205,11 +141,9 @@ def decode_layers(
     for layer in range(n_layers):
         i = layer * 7
         xq, xs, xsum = quantize_activations(_rms_norm(h, attn_norms[layer], eps))
-        qkv = _linears(i, 3, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims)
-        n_q, n_k = out_dims[i], out_dims[i + 1]
-        q = qkv[:, :n_q].copy()
-        k = qkv[:, n_q : n_q + n_k].copy()
-        v = qkv[:, n_q + n_k :]
+        q = _linear(i, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i])
+        k = _linear(i + 1, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 1])
+        v = _linear(i + 2, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 2])
         _rope(q, n_heads, cos, sin)
         _rope(k, n_kv_heads, cos, sin)
         for b in range(n_seq):
@@ -221,15 +155,14 @@ def decode_layers(
         attn = np.empty_like(q)
         decode_attention(q, keys[layer], values[layer], block_tables, block_size, ctx_lens, n_heads, attn)
         xq, xs, xsum = quantize_activations(attn)
-        h += _linears(i + 3, 1, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims)
+        h += _linear(i + 3, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 3])
         xq, xs, xsum = quantize_activations(_rms_norm(h, ffn_norms[layer], eps))
-        gate_up = _linears(i + 4, 2, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims)
-        n_ff = out_dims[i + 4]
-        gate = np.empty((n_seq, n_ff), dtype=np.float32)
+        gate = _linear(i + 4, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 4])
+        up = _linear(i + 5, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 5])
         for t in range(n_seq):
-            for j in range(n_ff):
-                g = gate_up[t, j]
-                gate[t, j] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, n_ff + j]
+            for j in range(gate.shape[1]):
+                g = gate[t, j]
+                gate[t, j] = g / (np.float32(1.0) + np.exp(-g)) * up[t, j]
         xq, xs, xsum = quantize_activations(gate)
-        h += _linears(i + 6, 1, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims)
+        h += _linear(i + 6, xq, xs, xsum, kinds, q8s, p4s, scales, zeros, out_dims[i + 6])
     return h

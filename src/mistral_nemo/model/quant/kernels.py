@@ -205,7 +205,8 @@ def int8_row_group_tiles(
     q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, first: int, out: np.ndarray, col: int
 ) -> None:
     """Rows first .. first + 15 of int8_matmul for every token, into out[t, col + first + r] (out [T, *]
-    C-contiguous, so several linears can share one output: decode_kernels runs them in one loop)."""
+    C-contiguous; several linears may share one output side by side). One parallel task of int8_matmul.
+    (Running wq/wk/wv's tasks in one parallel loop was measured slower on 2 cores than one loop each.)"""
     n_tok, k_dim = xq.shape
     n_blocks, n_groups, stride = k_dim // BLOCK, scale.shape[1], out.shape[1]
     for t0 in range(0, n_tok, TILE):
