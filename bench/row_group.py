@@ -20,27 +20,17 @@ from mistral_nemo.model.quant.simd import GROUP_ROWS, host_isa, rows16_intrinsic
 ROWS = 256
 
 
-def _looped(kernel: Callable, zeros: bool) -> Callable:
-    """reps x the 256 rows' groups; scales [ROWS, n_blocks] (G = 32), zero term 0 for u4."""
-    if zeros:
-
-        @njit(nogil=True)
-        def run(reps, w, stride, x, xs, ws, zr, out, n_blocks):  # type: ignore[no-untyped-def]
-            for _ in range(reps):
-                for g in range(ROWS // GROUP_ROWS):
-                    first = g * GROUP_ROWS
-                    kernel(w, first * stride, stride, x, 0, 0, xs, 0, ws, first * n_blocks, n_blocks,
-                           zr, xs, 0, out, 0, 0, n_blocks)  # fmt: skip
-
-        return run
+def _looped(kernel: Callable) -> Callable:
+    """reps x the 256 rows' groups; scales [ROWS, n_blocks] (G = 32). `extra`: u4's (zeros, group sums,
+    offset) between the scales and the output, empty for i8."""
 
     @njit(nogil=True)
-    def run(reps, w, stride, x, xs, ws, zr, out, n_blocks):  # type: ignore[no-untyped-def]
+    def run(reps, w, stride, x, xs, ws, out, n_blocks, *extra):  # type: ignore[no-untyped-def]
         for _ in range(reps):
             for g in range(ROWS // GROUP_ROWS):
                 first = g * GROUP_ROWS
                 kernel(w, first * stride, stride, x, 0, 0, xs, 0, ws, first * n_blocks, n_blocks,
-                       out, 0, 0, n_blocks)  # fmt: skip
+                       *extra, out, 0, 0, n_blocks)  # fmt: skip
 
     return run
 
@@ -55,22 +45,22 @@ def bench(weights: str, k: int, reps: int = 200) -> dict:
     x = rng.integers(-32767, 32768, (1, k), dtype=np.int16)
     xs = rng.uniform(1e-6, 1e-4, (1, n_blocks)).astype(np.float32)
     ws = rng.uniform(1e-3, 1e-1, (ROWS, n_blocks)).astype(np.float32)
-    zr = np.zeros_like(ws)
+    extra = () if weights == "i8" else (np.zeros_like(ws), xs, 0)  # zero term 0
     runs = {
-        name: _looped(rows16_intrinsic(weights, 1, transpose=flag), weights == "u4")
+        name: _looped(rows16_intrinsic(weights, 1, transpose=flag))
         for name, flag in (("transpose", True), ("no_transpose", False))
     }
     outs = {}
     for name, run in runs.items():
         outs[name] = np.zeros(GROUP_ROWS, np.float32)
-        run(1, w, w.shape[1], x, xs, ws, zr, outs[name], n_blocks)
+        run(1, w, w.shape[1], x, xs, ws, outs[name], n_blocks, *extra)
     if not np.array_equal(outs["transpose"], outs["no_transpose"]):
         raise AssertionError(f"{weights}: the two kernels disagree")
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(7):  # alternated, so both see the same machine load
         for name, run in runs.items():
             start = time.thread_time()
-            run(reps, w, w.shape[1], x, xs, ws, zr, outs[name], n_blocks)
+            run(reps, w, w.shape[1], x, xs, ws, outs[name], n_blocks, *extra)
             best[name] = min(best[name], time.thread_time() - start)
     row: dict = {"weights": weights, "shape": [ROWS, k]}
     for name, sec in best.items():

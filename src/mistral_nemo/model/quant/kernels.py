@@ -196,29 +196,28 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, q: np.ndarray, scale: np.ndarray
         _int8_half_matmul(xq, xs, q, scale, out)
         return
     for grp in prange(n_rows // GROUP_ROWS):
-        int8_row_group_tiles(q, scale, xq, xs, grp * GROUP_ROWS, out, 0)
-    int8_left_over_rows(q, scale, xq, xs, out, 0)
+        _int8_row_group_tiles(q, scale, xq, xs, grp * GROUP_ROWS, out)
+    _int8_left_over_rows(q, scale, xq, xs, out)
 
 
 @njit(**_EXACT)
-def int8_row_group_tiles(
-    q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, first: int, out: np.ndarray, col: int
+def _int8_row_group_tiles(
+    q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, first: int, out: np.ndarray
 ) -> None:
-    """Rows first .. first + 15 of int8_matmul for every token, into out[t, col + first + r] (out [T, *]
-    C-contiguous; several linears may share one output side by side). One parallel task of int8_matmul.
+    """Rows first .. first + 15 of int8_matmul for every token, TILE tokens a call: one parallel task.
     (Running wq/wk/wv's tasks in one parallel loop was measured slower on 2 cores than one loop each.)"""
     n_tok, k_dim = xq.shape
     n_blocks, n_groups, stride = k_dim // BLOCK, scale.shape[1], out.shape[1]
     for t0 in range(0, n_tok, TILE):
         i8_row_group(
             min(TILE, n_tok - t0), q, first * k_dim, k_dim, xq, t0 * k_dim, k_dim, xs, t0 * n_blocks,
-            scale, first * n_groups, n_groups, out, t0 * stride + col + first, stride, n_blocks,
+            scale, first * n_groups, n_groups, out, t0 * stride + first, stride, n_blocks,
         )  # fmt: skip
 
 
 @njit(**_EXACT)
-def int8_left_over_rows(
-    q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, out: np.ndarray, col: int
+def _int8_left_over_rows(
+    q: np.ndarray, scale: np.ndarray, xq: np.ndarray, xs: np.ndarray, out: np.ndarray
 ) -> None:
     """The rows after the last whole group of 16, by per-block sums and row_chain (the same chain)."""
     n_rows, k_dim = q.shape
@@ -227,7 +226,7 @@ def int8_left_over_rows(
     for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
         for t in range(xq.shape[0]):
             i8_block_dots(q[n], 0, xq[t], 0, isum, n_blocks)
-            out[t, col + n] = row_chain(isum, xs, t, scale, n)
+            out[t, n] = row_chain(isum, xs, t, scale, n)
 
 
 @njit(**_OPTS)
@@ -277,38 +276,35 @@ def int4_matmul(
     """out[T, N] = dequantized activations @ (scale * q + zero).T for nibble-packed q in groups of 32."""
     gsum = group_sums(xsum, scale.shape[1])
     for grp in prange(packed.shape[0] // GROUP_ROWS):
-        int4_row_group_tiles(packed, scale, zero, gsum, 0, xq, xs, grp * GROUP_ROWS, out, 0)
-    int4_left_over_rows(packed, scale, zero, gsum, xq, xs, out, 0)
+        _int4_row_group_tiles(packed, scale, zero, gsum, xq, xs, grp * GROUP_ROWS, out)
+    _int4_left_over_rows(packed, scale, zero, gsum, xq, xs, out)
 
 
 @njit(**_EXACT)
-def int4_row_group_tiles(
+def _int4_row_group_tiles(
     packed: np.ndarray,
     scale: np.ndarray,
     zero: np.ndarray,
-    gs: np.ndarray,
-    gs_base: int,
+    gsum: np.ndarray,
     xq: np.ndarray,
     xs: np.ndarray,
     first: int,
     out: np.ndarray,
-    col: int,
 ) -> None:
-    """int8_row_group_tiles for int4; gs holds the activations' group sums [T, n_groups] from element
-    gs_base on (group_sums)."""
+    """_int8_row_group_tiles for int4; gsum: the activations' group sums [T, n_groups] (group_sums)."""
     n_tok, k_dim = xq.shape
     row_bytes = packed.shape[1]
     n_blocks, n_groups, stride = k_dim // BLOCK, scale.shape[1], out.shape[1]
     for t0 in range(0, n_tok, TILE):
         u4_row_group(
             min(TILE, n_tok - t0), packed, first * row_bytes, row_bytes, xq, t0 * k_dim, k_dim, xs,
-            t0 * n_blocks, scale, first * n_groups, n_groups, zero, gs, gs_base + t0 * n_groups, out,
-            t0 * stride + col + first, stride, n_blocks,
+            t0 * n_blocks, scale, first * n_groups, n_groups, zero, gsum, t0 * n_groups, out,
+            t0 * stride + first, stride, n_blocks,
         )  # fmt: skip
 
 
 @njit(**_EXACT)
-def int4_left_over_rows(
+def _int4_left_over_rows(
     packed: np.ndarray,
     scale: np.ndarray,
     zero: np.ndarray,
@@ -316,7 +312,6 @@ def int4_left_over_rows(
     xq: np.ndarray,
     xs: np.ndarray,
     out: np.ndarray,
-    col: int,
 ) -> None:
     n_rows = packed.shape[0]
     n_blocks = packed.shape[1] * 2 // BLOCK
@@ -324,7 +319,7 @@ def int4_left_over_rows(
     for n in range(n_rows - n_rows % GROUP_ROWS, n_rows):
         for t in range(xq.shape[0]):
             u4_block_dots(packed[n], 0, xq[t], 0, isum, n_blocks)
-            out[t, col + n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
+            out[t, n] = _zero_term(row_chain(isum, xs, t, scale, n), zero, n, gsum, t)
 
 
 @njit(**_EXACT)  # no fastmath: one order for every path

@@ -316,14 +316,13 @@ def _dot_acc16(builder: ir.IRBuilder, acc: ir.Value, w: ir.Value, x: ir.Value) -
 def _prefetch(builder: ir.IRBuilder, ptr: ir.Value) -> None:
     """Ask for the cache line at ptr into L2 (prefetcht1: at NeMo sizes a row group is 80 KB, and fetching
     the next one into L1 evicted the lines in use); never faults, even past an array's end."""
-    at = builder.bitcast(ptr, _I8.as_pointer())
-    args = [at, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)]
-    fn = builder.module.globals.get("llvm.prefetch.p0")
-    if fn is None:
-        fn = ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]), "llvm.prefetch.p0"
-        )
-    builder.call(fn, args)
+    args = [
+        builder.bitcast(ptr, _I8.as_pointer()),
+        ir.Constant(_I32, 0),
+        ir.Constant(_I32, 2),
+        ir.Constant(_I32, 1),
+    ]
+    _call(builder, "llvm.prefetch.p0", ir.VoidType(), args)
 
 
 def _splat(builder: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
