@@ -131,6 +131,10 @@ class AsyncLLMEngine:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    def lora_requests(self) -> list[LoRARequest]:
+        """The adapters loaded now (LLMEngine.lora_requests), which the server lists as models."""
+        return self.engine.lora_requests()
+
     async def _iterate(
         self, request_id: str, stream: asyncio.Queue[RequestOutput | BaseException]
     ) -> AsyncIterator[RequestOutput]:

@@ -50,7 +50,7 @@ class ServerState:
         if self.config.add_nemo_aliases and is_tekken(engine.tokenizer):
             names += NEMO_ALIASES
         # Adapters loaded into the engine before serving (`serve --lora NAME=PATH`), each its own model.
-        self.adapters = {lora.lora_name: lora for lora in engine.engine.lora_requests()}
+        self.adapters = {lora.lora_name: lora for lora in engine.lora_requests()}
         self.model_names = list(dict.fromkeys(names + list(self.adapters)))  # unique, in order
         self.engine = engine
 
