@@ -11,7 +11,7 @@ from mistral_nemo.engine.config import EngineConfig
 from mistral_nemo.engine.dense_cache import DenseKVCache
 from mistral_nemo.engine.llm_engine import LLMEngine
 from mistral_nemo.engine.sampling_params import SamplingParams
-from mistral_nemo.model.loading import LoadedModel, load
+from mistral_nemo.model.loading import LoadedModel, float32_activations, load
 from mistral_nemo.model.quant import Int4Linear, Int8Linear, quantize_model
 from mistral_nemo.model.quant.fused_decode import FusedDecoder
 from tests.activation_reference import assert_logits_agree_to_quantization_noise
@@ -98,6 +98,39 @@ def test_only_cpu_float32_models_with_every_linear_quantized(smollm2_int8: Loade
         assert not FusedDecoder.attach(model) and model.fused_decoder is None
     finally:
         model.layers[3].feed_forward.w1 = saved
+
+
+def test_a_bf16_model_with_every_linear_quantized_computes_in_float32_on_the_fused_step() -> None:
+    """What load() does for NeMo 12B on CPU (bfloat16 by default above 2B parameters): when every linear,
+    the output included, is int8 / int4, the model turns float32 and decodes on the fused step."""
+    loaded = load(smollm2_gguf_path(), dtype=torch.bfloat16, device="cpu")  # explicit: stays bf16
+    model = loaded.model
+    assert model.dtype == torch.bfloat16 and model.fused_decoder is None
+    assert FusedDecoder.layers_supported(model) and not FusedDecoder.supports(model)
+    assert float32_activations(model, FusedDecoder.layers_supported(model))
+    assert not float32_activations(model, layers_compact=False)
+    assert not float32_activations(_float_smollm2().model, layers_compact=True)  # float32 already
+    float_output = load(smollm2_gguf_path(), dtype=torch.bfloat16, device="cpu", quantization="none").model
+    assert not float32_activations(float_output, layers_compact=True)  # a float output projection
+    model.to(torch.float32)
+    assert FusedDecoder.attach(model)
+    want = load(smollm2_gguf_path(), device="cpu")  # float32 from the start
+    ids = torch.tensor(loaded.tokenizer.encode_chat([{"role": "user", "content": "Name three colours."}]))
+    # the same greedy tokens as a float32 load: the bf16 rounding of the embedding does not change them
+    assert _greedy(model, ids, 8) == _greedy(want.model, ids, 8)
+
+
+def _greedy(model: torch.nn.Module, ids: torch.Tensor, n: int) -> list[int]:
+    cache = DenseKVCache(model.args, len(ids) + n, dtype=model.dtype, device="cpu")
+    with torch.inference_mode():
+        logits = model(ids, torch.arange(len(ids)), cache)
+        cache.advance(len(ids))
+        out = []
+        for _ in range(n):
+            out.append(int(logits[-1].argmax()))
+            logits = model(torch.tensor([out[-1]]), torch.tensor([cache.length]), cache)
+            cache.advance(1)
+    return out
 
 
 class _CountingDecoder:

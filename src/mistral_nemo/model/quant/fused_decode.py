@@ -66,15 +66,21 @@ class FusedDecoder:
         return all(modules.get(name) is layer for modules, name, layer in self._held)
 
     @staticmethod
-    def supports(model: Transformer) -> bool:
-        """True for a CPU float32 model whose every attention / feed-forward linear is int8 or int4."""
-        if model.device.type != "cpu" or model.dtype != torch.float32:
+    def layers_supported(model: Transformer) -> bool:
+        """True for a CPU model whose every attention / feed-forward linear is int8 or int4 (whatever
+        its activations' dtype: supports() also needs float32)."""
+        if model.device.type != "cpu":
             return False
         return all(
             isinstance(_linear_of(block, name), Int8Linear | Int4Linear)
             for block in model.layers
             for name in LINEARS
         )
+
+    @staticmethod
+    def supports(model: Transformer) -> bool:
+        """True for a CPU float32 model whose every attention / feed-forward linear is int8 or int4."""
+        return model.dtype == torch.float32 and FusedDecoder.layers_supported(model)
 
     @classmethod
     def attach(cls, model: Transformer) -> bool:
