@@ -49,7 +49,11 @@ def add_model_argument(parser: argparse.ArgumentParser, lora: bool = True) -> No
         nargs="?",
         help="a Mistral folder, an HF folder or a GGUF file (default: the embedded SmolLM2-135M-Instruct)",
     )
-    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="weights dtype (default: by model size)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        help="embedding, norms and activations (default: by size and device; float32 for int8 / int4 on CPU)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument(
         "--quantization",
