@@ -112,7 +112,8 @@ def test_a_bf16_model_with_every_linear_quantized_computes_in_float32_on_the_fus
     assert not float32_activations(_float_smollm2().model, layers_compact=True)  # float32 already
     float_output = load(smollm2_gguf_path(), dtype=torch.bfloat16, device="cpu", quantization="none").model
     assert not float32_activations(float_output, layers_compact=True)  # a float output projection
-    model.to(torch.float32)
+    model.compute_in(torch.float32)
+    assert model.dtype == torch.float32 and model.tok_embeddings.weight.dtype == torch.bfloat16
     assert FusedDecoder.attach(model)
     want = load(smollm2_gguf_path(), device="cpu")  # float32 from the start
     ids = torch.tensor(loaded.tokenizer.encode_chat([{"role": "user", "content": "Name three colours."}]))

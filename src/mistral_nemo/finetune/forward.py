@@ -39,7 +39,7 @@ def hidden_states(
 ) -> torch.Tensor:
     """Final hidden states [T, dim] before the norm (activation checkpointing per layer if asked)."""
     attention = BlockCausalAttention(sizes)
-    h = model.tok_embeddings(tokens.to(model.device))
+    h = model.embed(tokens.to(model.device))
     cos, sin = model.rotary.cos_sin(positions.to(model.device), h.dtype)
     for layer in model.layers:
         if checkpoint and torch.is_grad_enabled():
