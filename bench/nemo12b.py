@@ -5,7 +5,7 @@ output, the real 131072-token Tekken vocabulary) and random Q8_0 weights (bench/
 then, one after the other so that only one 12B model is ever in memory:
   ours       a fresh subprocess: load(path, device="cpu", quantization="auto"), peak RSS of the load
              (/proc/self/clear_refs + VmHWM) against the file's weight bytes, then greedy decode at
-             batch 1 with a DenseKVCache
+             batch 1 with a DenseKVCache (--engine: through the engine, LLM's paged path, step by step)
   ours_safetensors  with --safetensors: the same int8 values in our quantized folder format
              (model/quant/checkpoint.py), loaded and decoded the same way
   llama_cpp  a subprocess of the Python that has llama_cpp: same file (mmap), same prompt ids, same
@@ -228,6 +228,8 @@ def ours_child(job: dict[str, Any]) -> dict[str, Any]:
     prompt = job["prompt"]
 
     def run(n: int) -> tuple[float, list[float], list[int]]:
+        if job.get("engine"):
+            return run_engine(n)
         cache = DenseKVCache(model.args, len(prompt) + n + 1, dtype=model.dtype, device="cpu")
         with torch.inference_mode():
             start = time.perf_counter()
@@ -245,6 +247,24 @@ def ours_child(job: dict[str, Any]) -> dict[str, Any]:
                 tokens.append(token)
         return prefill_s, steps, tokens
 
+    def run_engine(n: int) -> tuple[float, list[float], list[int]]:
+        """The path users take: the engine (paged KV cache, scheduler, sampler), one step at a time;
+        the first step prefills and picks the first token, each later one decodes a token."""
+        engine = llm.engine
+        params = SamplingParams(max_tokens=n + 1, temperature=0, ignore_eos=True)
+        engine.add_request(f"bench-{n}", prompt, params)
+        times, outputs = [], []
+        while engine.has_unfinished_requests():
+            start = time.perf_counter()
+            outputs = engine.step() or outputs
+            times.append(time.perf_counter() - start)
+        return times[0], times[1:], list(outputs[-1].outputs[0].token_ids[:n])
+
+    if job.get("engine"):
+        from mistral_nemo.engine.llm import LLM
+        from mistral_nemo.engine.sampling_params import SamplingParams
+
+        llm = LLM(loaded, kv_cache_memory="1GiB", enable_prefix_caching=False)
     start = time.perf_counter()
     run(2)  # warm-up: numba compiles (or loads its cache) here
     warmup_s = time.perf_counter() - start
@@ -452,6 +472,11 @@ def main() -> None:
         help=f"measure a side again when other processes used > {QUIET_CORES} cores meanwhile (default 2)",
     )
     parser.add_argument("--warm-cache", action="store_true", help="do not drop the files' page cache")
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="ours through the engine (LLM, paged KV cache), step by step, instead of a DenseKVCache loop",
+    )
     parser.add_argument("--child-ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_ours:
@@ -471,7 +496,7 @@ def main() -> None:
     embedding = nemo.vocab_size * nemo.dim // 32 * 34  # the Q8_0 token_embd: a step reads one row
     sizes = {"weight": weight_bytes, "read": weight_bytes - embedding}
     prompt = [1, *np.random.default_rng(args.seed).integers(1000, vocab, args.prompt_len - 1).tolist()]
-    job = {"threads": args.threads, "prompt": prompt, "gen_len": args.gen_len}
+    job = {"threads": args.threads, "prompt": prompt, "gen_len": args.gen_len, "engine": args.engine}
     record: dict[str, Any] = {
         "bench": "nemo12b",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -487,6 +512,7 @@ def main() -> None:
         "decode_bytes_per_token": sizes["read"],
         "file_written_s": None if info["reused"] else info["write_s"],
         "page_cache": "warm" if args.warm_cache else "dropped before each load",
+        "ours_path": "engine (LLM, paged KV cache)" if args.engine else "model + DenseKVCache",
     }
     sides: dict[str, Any] = {}
     folder = None
